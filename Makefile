@@ -1,0 +1,55 @@
+# Entry points. `make fleet` and `make test` do all their own set-up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+N ?= 200
+BIN := $(VENV)/bin
+ANSIBLE_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup fleet teardown test test-unit test-integration test-molecule test-fleet lint agent-pyz bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Controller prerequisites (apt packages, kernel limits) come from a playbook on localhost.
+setup: $(VENV)/.installed
+	$(BIN)/ansible-playbook playbooks/controller_setup.yml
+
+fleet: setup
+	$(BIN)/ansible-playbook site.yml -i inventories/emulated -e device_count=$(N) $(ANSIBLE_ARGS)
+
+teardown: $(VENV)/.installed
+	$(BIN)/ansible-playbook playbooks/teardown.yml -i inventories/emulated $(ANSIBLE_ARGS)
+
+agent-pyz: $(VENV)/.installed
+	$(BIN)/python agent/build_pyz.py --out dist/edge-agent.pyz
+
+test: setup
+	$(BIN)/pytest tests -m 'not fault'
+	$(MAKE) test-molecule
+
+test-unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit
+
+test-integration: setup
+	$(BIN)/pytest tests/integration
+
+test-molecule: setup
+	cd $(CURDIR) && $(BIN)/molecule test --all
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ansible-lint
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf .cache dist build

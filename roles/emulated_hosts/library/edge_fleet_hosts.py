@@ -1,0 +1,243 @@
+#!/usr/bin/python
+"""Reconcile the emulated fleet's containers with the inventory, in parallel."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: edge_fleet_hosts
+short_description: Create, start, check and prune the emulated Pi containers of one fleet
+description:
+  - Makes the set of running containers labelled with I(fleet) equal to I(hosts).
+  - Missing containers are created and started in parallel, stopped ones are started, and
+    containers of the fleet that are not in I(hosts) are removed (this is how a smaller
+    C(device_count) scales the fleet down).
+  - Before anything is created it checks that the new containers fit in the controller's
+    memory and pids limit, and fails naming how many would fit.
+  - Waits until systemd inside each new container has finished booting.
+  - Supports check mode.
+options:
+  fleet:
+    description: Value of the C(org.edge-fleet.fleet) label that marks this fleet's containers.
+    type: str
+    required: true
+  hosts:
+    description:
+      - Wanted containers. Each item has C(name), C(image), C(role) (broker or device), and
+        optionally C(mac), C(platform), C(number), C(device_id), C(ports) (container port to
+        host port on 127.0.0.1).
+    type: list
+    elements: dict
+    default: []
+  state:
+    description: C(present) reconciles; C(absent) removes every container of the fleet.
+    type: str
+    choices: [present, absent]
+    default: present
+  network:
+    description: Docker network the containers join.
+    type: str
+    required: true
+  memory_per_host_mb:
+    description: Memory budget for one container, used by the capacity check.
+    type: int
+    default: 48
+  pids_per_host:
+    description: Process budget for one container, used by the capacity check.
+    type: int
+    default: 40
+  parallelism:
+    description: How many containers are created at once.
+    type: int
+    default: 16
+  boot_timeout:
+    description: Seconds to wait for systemd to finish booting in a new container.
+    type: int
+    default: 180
+"""
+
+import concurrent.futures
+import os
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    import docker
+    from docker.errors import DockerException, NotFound
+
+    HAS_DOCKER = True
+except ImportError:  # reported by main()
+    HAS_DOCKER = False
+
+LABEL_FLEET = "org.edge-fleet.fleet"
+LABEL_ROLE = "org.edge-fleet.role"
+LABEL_NUMBER = "org.edge-fleet.device-number"
+LABEL_DEVICE_ID = "org.edge-fleet.device-id"
+
+# The flags that let systemd run as PID 1 without --privileged (CAP_SYS_RESOURCE is not
+# available on these hosts, so --privileged fails).
+SYSTEMD_RUN_ARGS: dict[str, Any] = {
+    "cap_add": ["SYS_ADMIN"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "tmpfs": {"/run": "", "/run/lock": ""},
+    "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+    "cgroupns": "host",
+    "stop_signal": "SIGRTMIN+3",
+    "restart_policy": {"Name": "unless-stopped"},
+}
+
+
+def _meminfo_available_mb() -> int:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("MemAvailable missing from /proc/meminfo")
+
+
+def _pids_headroom() -> int:
+    with open("/proc/sys/kernel/pid_max", encoding="ascii") as pid_max_file:
+        pid_max = int(pid_max_file.read())
+    running = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+    return pid_max - running
+
+
+def _capacity_error(new_count: int, params: dict[str, Any]) -> str | None:
+    if new_count == 0:
+        return None
+    mem_mb, pids_per = params["memory_per_host_mb"], params["pids_per_host"]
+    fit_by_memory = _meminfo_available_mb() // mem_mb
+    fit_by_pids = _pids_headroom() // pids_per
+    fits = min(fit_by_memory, fit_by_pids)
+    if new_count <= fits:
+        return None
+    limit = "memory" if fit_by_memory <= fit_by_pids else "the pids limit"
+    return (
+        f"capacity: {new_count} new emulated hosts do not fit in {limit}; about {fits} more "
+        f"would fit (budget {mem_mb} MB and {pids_per} pids per host). "
+        "Lower device_count or free resources; nothing was created."
+    )
+
+
+def _labels(fleet: str, host: dict[str, Any]) -> dict[str, str]:
+    labels = {LABEL_FLEET: fleet, LABEL_ROLE: host["role"]}
+    if host.get("number") is not None:
+        labels[LABEL_NUMBER] = str(host["number"])
+    if host.get("device_id"):
+        labels[LABEL_DEVICE_ID] = host["device_id"]
+    return labels
+
+
+def _wait_for_boot(container: Any, timeout: int) -> None:
+    """Block until systemd reports the boot finished (running or degraded)."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        result = container.exec_run(["systemctl", "is-system-running"])
+        state = result.output.decode(errors="replace").strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{container.name}: systemd did not finish booting ({state})")
+
+
+def _create(client: Any, fleet: str, network: str, host: dict[str, Any], timeout: int) -> None:
+    ports = {f"{cport}/tcp": ("127.0.0.1", hport) for cport, hport in host.get("ports", {}).items()}
+    container = client.containers.run(
+        host["image"],
+        name=host["name"],
+        hostname=host["name"],
+        detach=True,
+        network=network,
+        mac_address=host.get("mac"),
+        platform=host.get("platform"),
+        labels=_labels(fleet, host),
+        ports=ports,
+        **SYSTEMD_RUN_ARGS,
+    )
+    _wait_for_boot(container, timeout)
+
+
+def _start(container: Any, timeout: int) -> None:
+    container.start()
+    _wait_for_boot(container, timeout)
+
+
+def _remove(container: Any) -> None:
+    container.remove(force=True, v=True)
+
+
+def _run_parallel(jobs: list[tuple[str, Any, tuple[Any, ...]]], workers: int) -> list[str]:
+    errors = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(func, *args): name for name, func, args in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except Exception as exc:  # collect every failure, not just the first
+                errors.append(f"{futures[future]}: {exc}")
+    return sorted(errors)
+
+
+def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
+    params = module.params
+    fleet = params["fleet"]
+    existing = {c.name: c for c in client.containers.list(all=True, filters={"label": f"{LABEL_FLEET}={fleet}"})}
+    wanted = {h["name"]: h for h in params["hosts"]} if params["state"] == "present" else {}
+
+    to_create = [h for name, h in wanted.items() if name not in existing]
+    to_start = [existing[name] for name in wanted if name in existing and existing[name].status != "running"]
+    to_remove = [c for name, c in existing.items() if name not in wanted]
+    result: dict[str, Any] = {
+        "changed": bool(to_create or to_start or to_remove),
+        "created": sorted(h["name"] for h in to_create),
+        "started": sorted(c.name for c in to_start),
+        "removed": sorted(c.name for c in to_remove),
+    }
+    if module.check_mode or not result["changed"]:
+        return result
+
+    capacity_error = _capacity_error(len(to_create), params)
+    if capacity_error:
+        module.fail_json(msg=capacity_error, **result)
+
+    timeout, workers, network = params["boot_timeout"], params["parallelism"], params["network"]
+    jobs: list[tuple[str, Any, tuple[Any, ...]]] = [(c.name, _remove, (c,)) for c in to_remove]
+    jobs += [(c.name, _start, (c, timeout)) for c in to_start]
+    jobs += [(h["name"], _create, (client, fleet, network, h, timeout)) for h in to_create]
+    errors = _run_parallel(jobs, workers)
+    if errors:
+        module.fail_json(msg=f"{len(errors)} emulated hosts failed: " + "; ".join(errors[:10]), **result)
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "fleet": {"type": "str", "required": True},
+            "hosts": {"type": "list", "elements": "dict", "default": []},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "network": {"type": "str", "required": True},
+            "memory_per_host_mb": {"type": "int", "default": 48},
+            "pids_per_host": {"type": "int", "default": 40},
+            "parallelism": {"type": "int", "default": 16},
+            "boot_timeout": {"type": "int", "default": 180},
+        },
+        supports_check_mode=True,
+    )
+    if not HAS_DOCKER:
+        module.fail_json(msg="the docker Python SDK is required on the controller (pip install docker)")
+    for host in module.params["hosts"]:
+        missing = {"name", "image", "role"} - set(host)
+        if missing:
+            module.fail_json(msg=f"hosts: item {host!r} lacks {', '.join(sorted(missing))}")
+    try:
+        client = docker.from_env(timeout=120)
+        module.exit_json(**reconcile(module, client))
+    except (DockerException, NotFound, RuntimeError, OSError) as exc:
+        module.fail_json(msg=f"docker: {exc}")
+
+
+if __name__ == "__main__":
+    main()
