@@ -1,0 +1,294 @@
+"""Inventory plugin that describes an emulated edge fleet: one MQTT broker and N Pi devices."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin
+
+DOCUMENTATION = r"""
+name: edge_fleet
+short_description: Emulated edge fleet of Raspberry Pi containers and one MQTT broker
+description:
+  - Generates the hosts of an emulated edge fleet from a small config file whose name ends in
+    C(.edge_fleet.yml) or C(.edge_fleet.yaml).
+  - Group C(emulated) has two children, C(broker) (one host) and C(devices) (I(device_count) hosts
+    named C(<name_prefix>0001), C(<name_prefix>0002), ...; zero padded to four digits, wider only
+    past 9999). Container names equal inventory host names.
+  - Every device gets a deterministic, unique, locally administered MAC address as C(device_id), the
+    sensor MAC it replays from the published dataset as C(dataset_source), its architecture as
+    C(device_arch), and its number as C(device_number).
+  - Group C(emulated) carries the fleet-wide settings as C(fleet_*) variables.
+  - Parsing has no side effects; it talks to neither Docker nor the network.
+  - An option that lists I(vars) can be overridden with C(-e) extra vars, and extra vars win over
+    the value in the config file (the plugin applies them after reading the file).
+author:
+  - Edge fleet project
+options:
+  plugin:
+    description: Marks the file as a config for this plugin.
+    required: true
+    type: str
+    choices: [edge_fleet]
+  device_count:
+    description:
+      - Number of emulated devices, a whole number from 1 to 10000.
+      - Given as an integer or a string of digits (extra vars on the command line are strings).
+        Booleans, decimals and other text are rejected.
+      - Precedence, highest first, C(-e device_count=N), the config file, the environment, the
+        default.
+    type: raw
+    default: 3
+    env:
+      - name: EDGE_FLEET_DEVICE_COUNT
+    vars:
+      - name: device_count
+  name_prefix:
+    description:
+      - Prefix of device host and container names; devices are C(<name_prefix><number>).
+      - Letters, digits, C(.), C(_) and C(-), starting with a letter.
+    type: str
+    default: pi-
+  broker_name:
+    description: Host and container name of the MQTT broker; must not clash with a device name.
+    type: str
+    default: edge-broker
+  image:
+    description: Container image the devices run; exported as C(fleet_image).
+    type: str
+    default: edge-fleet/pi-os:bookworm
+  architecture:
+    description:
+      - CPU architecture of the fleet. C(arm64) makes every device and the broker arm64.
+      - With C(amd64), I(arm64_count) devices can still be arm64 (a mixed fleet).
+    type: str
+    default: amd64
+    choices: [amd64, arm64]
+  arm64_count:
+    description:
+      - In an C(amd64) fleet, how many devices are arm64. The lowest-numbered devices are chosen,
+        so C(arm64_count=2) makes C(pi-0001) and C(pi-0002) arm64.
+      - Must be from 0 to I(device_count). Ignored when I(architecture=arm64).
+    type: raw
+    default: 0
+    vars:
+      - name: arm64_count
+  mac_prefix:
+    description:
+      - First three octets of every device MAC (C(device_id)), as C(xx:xx:xx) hex.
+      - The first octet must have the locally administered bit set and the multicast bit clear,
+        so the addresses cannot collide with real hardware. Stored in lower case.
+    type: str
+    default: 0a:ed:9e
+  network:
+    description: Name of the container network the fleet joins; exported as C(fleet_network).
+    type: str
+    default: edge-fleet
+  connection:
+    description:
+      - How Ansible reaches the hosts.
+      - C(docker) uses C(community.docker.docker) with C(ansible_host) set to the container name.
+      - C(ssh) uses C(ssh) to C(127.0.0.1) as I(ssh_user); the broker listens on I(ssh_port_base)
+        and device I(n) on I(ssh_port_base) + I(n).
+    type: str
+    default: docker
+    choices: [docker, ssh]
+    env:
+      - name: EDGE_FLEET_CONNECTION
+  ssh_port_base:
+    description: Controller port mapped to the broker's SSH port; device I(n) uses this plus I(n).
+    type: int
+    default: 22000
+  ssh_user:
+    description: Remote user when I(connection=ssh).
+    type: str
+    default: pi
+  mqtt_host_port:
+    description: Port on the controller loopback where the broker's MQTT port is published.
+    type: int
+    default: 1883
+"""
+
+EXAMPLES = r"""
+# inventories/emulated/fleet.edge_fleet.yml: three amd64 devices reached with docker exec
+plugin: edge_fleet
+
+# A mixed fleet of 50 devices where pi-0001..pi-0005 are arm64
+plugin: edge_fleet
+device_count: 50
+arm64_count: 5
+
+# Reach the devices over SSH on forwarded loopback ports 22001, 22002, ...
+plugin: edge_fleet
+connection: ssh
+ssh_port_base: 22000
+
+# Override the size from the command line (wins over the file):
+#   ansible-inventory -i inventories/emulated --graph -e device_count=5
+"""
+
+MAX_DEVICES = 10000
+
+# Options whose DOCUMENTATION lists `vars` under the same name: extra vars override them.
+VAR_OPTIONS = ("device_count", "arm64_count")
+
+# Sensor MACs of the published dataset, sorted; device n replays SOURCE_MACS[(n - 1) % 3].
+# This is the dataset slicer's assignment rule, so the two must change together.
+SOURCE_MACS = ("00:0f:00:70:91:0a", "1c:bf:ce:15:ec:4d", "b8:27:eb:bf:9d:51")
+
+_DIGITS = re.compile(r"[0-9]+")
+_MAC_PREFIX = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def parse_count(name: str, value: Any, minimum: int, maximum: int) -> int:
+    """Return `value` as an int in [minimum, maximum]; accept ints and strings of digits only."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = int(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None or not minimum <= number <= maximum:
+        raise AnsibleParserError(
+            f"edge_fleet: {name} must be a whole number from {minimum} to {maximum}, "
+            f"got {_show(value)}; fix it in the .edge_fleet.yml file or with -e {name}=N"
+        )
+    return number
+
+
+def parse_mac_prefix(value: Any) -> str:
+    """Return a lower-case `xx:xx:xx` prefix that is locally administered and unicast."""
+    prefix = str(value).strip().lower()
+    if not _MAC_PREFIX.fullmatch(prefix):
+        raise AnsibleParserError(
+            f"edge_fleet: mac_prefix must be three hex octets like 0a:ed:9e, got {_show(value)}"
+        )
+    first = int(prefix[:2], 16)
+    if first & 0b11 != 0b10:
+        raise AnsibleParserError(
+            f"edge_fleet: mac_prefix {prefix} must be locally administered and unicast "
+            "(first octet with bit 1 set and bit 0 clear, e.g. 0a, 02, 06, 0e)"
+        )
+    return prefix
+
+
+def parse_name(option: str, value: Any) -> str:
+    """Return `value` if it can start a host and container name."""
+    text = str(value)
+    if not _NAME.fullmatch(text):
+        raise AnsibleParserError(
+            f"edge_fleet: {option} must start with a letter and use only letters, digits, "
+            f"'.', '_' and '-', got {_show(value)}"
+        )
+    return text
+
+
+def device_name(prefix: str, number: int) -> str:
+    """Return the host name of device `number`: the prefix and the number padded to 4 digits."""
+    return f"{prefix}{number:04d}"
+
+
+def device_mac(prefix: str, number: int) -> str:
+    """Return the MAC of device `number`: the prefix and the number as three octets."""
+    return f"{prefix}:{number >> 16 & 0xFF:02x}:{number >> 8 & 0xFF:02x}:{number & 0xFF:02x}"
+
+
+def _show(value: Any) -> str:
+    """Render a bad value for an error message without Ansible's tagged-type noise."""
+    if isinstance(value, str):
+        return repr(str(value))
+    if isinstance(value, bool):
+        return f"{value} (a boolean)"
+    return repr(value)
+
+
+class InventoryModule(BaseInventoryPlugin):
+    """Build the groups `emulated`, `broker` and `devices` from the config file's options."""
+
+    NAME = "edge_fleet"
+
+    def verify_file(self, path: str) -> bool:
+        return super().verify_file(path) and path.endswith((".edge_fleet.yml", ".edge_fleet.yaml"))
+
+    def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
+        super().parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        self._apply_extra_vars()
+
+        count = parse_count("device_count", self.get_option("device_count"), 1, MAX_DEVICES)
+        arm64_count = parse_count("arm64_count", self.get_option("arm64_count"), 0, count)
+        prefix = parse_name("name_prefix", self.get_option("name_prefix"))
+        broker = parse_name("broker_name", self.get_option("broker_name"))
+        mac_prefix = parse_mac_prefix(self.get_option("mac_prefix"))
+        architecture = self.get_option("architecture")
+        connection = self.get_option("connection")
+        mqtt_port = parse_count("mqtt_host_port", self.get_option("mqtt_host_port"), 1, 65535)
+        ssh_base = parse_count("ssh_port_base", self.get_option("ssh_port_base"), 1, 65535 - count)
+        if architecture == "arm64":
+            arm64_count = count
+        if broker.startswith(prefix) and broker[len(prefix) :].isdigit():
+            raise AnsibleParserError(
+                f"edge_fleet: broker_name {broker} looks like a device name for name_prefix "
+                f"{prefix}; choose another broker_name"
+            )
+
+        inv = self.inventory
+        for group in ("emulated", "broker", "devices"):
+            inv.add_group(group)
+        inv.add_child("emulated", "broker")
+        inv.add_child("emulated", "devices")
+
+        fleet_vars = {
+            "fleet_device_count": count,
+            "fleet_arm64_count": arm64_count,
+            "fleet_architecture": architecture,
+            "fleet_broker_name": broker,
+            "fleet_network": self.get_option("network"),
+            "fleet_image": self.get_option("image"),
+            "fleet_mac_prefix": mac_prefix,
+            "fleet_connection": connection,
+            "fleet_mqtt_host_port": mqtt_port,
+        }
+        if connection == "docker":
+            fleet_vars["ansible_connection"] = "community.docker.docker"
+        else:
+            fleet_vars["ansible_connection"] = "ssh"
+            fleet_vars["ansible_user"] = self.get_option("ssh_user")
+        for key, value in fleet_vars.items():
+            inv.set_variable("emulated", key, value)
+        inv.set_variable("broker", "fleet_role", "broker")
+        inv.set_variable("devices", "fleet_role", "device")
+
+        inv.add_host(broker, group="broker")
+        inv.set_variable(broker, "device_arch", architecture)
+        self._set_address(broker, connection, ssh_base)
+
+        for number in range(1, count + 1):
+            host = inv.add_host(device_name(prefix, number), group="devices")
+            inv.set_variable(host, "device_number", number)
+            inv.set_variable(host, "device_id", device_mac(mac_prefix, number))
+            inv.set_variable(host, "dataset_source", SOURCE_MACS[(number - 1) % len(SOURCE_MACS)])
+            inv.set_variable(host, "device_arch", "arm64" if number <= arm64_count else "amd64")
+            self._set_address(host, connection, ssh_base + number)
+
+    def _apply_extra_vars(self) -> None:
+        """Let extra vars beat the config file for the options that declare `vars`.
+
+        Ansible ranks an option set in the file above its `vars`, so `-e device_count=5` would
+        silently lose to `device_count: 3` in the file. On the command line the user expects the
+        opposite, as everywhere else in Ansible.
+        """
+        extra = self._vars if isinstance(self._vars, Mapping) else {}
+        for option in VAR_OPTIONS:
+            if option in extra:
+                self.set_option(option, extra[option])
+
+    def _set_address(self, host: str, connection: str, ssh_port: int) -> None:
+        if connection == "docker":
+            self.inventory.set_variable(host, "ansible_host", host)
+        else:
+            self.inventory.set_variable(host, "ansible_host", "127.0.0.1")
+            self.inventory.set_variable(host, "ansible_port", ssh_port)
