@@ -1,0 +1,257 @@
+"""The agent loop: produce readings on schedule, queue them, publish them, track the watermark."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import deque
+from typing import Callable, Optional, TextIO
+
+from .config import AgentConfig, ConfigError
+from .dataset import Slice
+from .pacing import Pacer
+from .publisher import Publisher
+from .state import State, load_state, save_state
+
+log = logging.getLogger("edge_agent")
+
+FLUSH_TIMEOUT = 5.0  # s to wait for in-flight acks on SIGTERM
+SAVE_EVERY_ACKS = 10
+SAVE_EVERY_SECONDS = 1.0
+OVERFLOW_LOG_EVERY = 10.0  # s: one WARNING per period, not one per dropped reading
+MAX_WAIT = 0.1  # s: longest single wait, so signals and reconnects are handled promptly
+
+
+class ReadingQueue:
+    """Readings produced but not yet handed to MQTT, oldest first, bounded (drop oldest).
+
+    Produced seqs are contiguous and rows advance with seq, so only the production time
+    of each reading is stored; seq and row follow from the head.
+    """
+
+    def __init__(self, maxlen: int, rows: int, seq: int, row: int) -> None:
+        self._times: deque[float] = deque()
+        self.maxlen = maxlen
+        self.rows = rows
+        self.head_seq = seq
+        self.head_row = row
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def push(self, ts: float) -> bool:
+        """Append a reading; returns True if the oldest one was dropped to make room."""
+        dropped = len(self._times) >= self.maxlen
+        if dropped:
+            self.pop()
+        self._times.append(ts)
+        return dropped
+
+    def pop(self) -> tuple[int, int, float]:
+        seq, row = self.head_seq, self.head_row
+        ts = self._times.popleft()
+        self.head_seq += 1
+        self.head_row = (row + 1) % self.rows
+        return seq, row, ts
+
+
+class DryRunSink:
+    """Stands in for Publisher in --dry-run: prints each payload and acks it at once."""
+
+    connected = True
+    inflight = 0
+    reconnects = 0
+
+    def __init__(self, out: TextIO, on_ack: Callable[[int], None]) -> None:
+        self.out = out
+        self.on_ack = on_ack
+
+    def maintain(self) -> None:
+        pass
+
+    def can_publish(self) -> bool:
+        return True
+
+    def publish(self, seq: int, payload: bytes) -> None:
+        self.out.write(payload.decode() + "\n")
+        self.out.flush()
+        self.on_ack(seq)
+
+    def loop(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def close(self, flush_timeout: float) -> None:
+        pass
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, readings: Slice, out: Optional[TextIO] = None) -> None:
+        self.config = config
+        self.readings = readings
+        self.pacer = Pacer(config.interval, config.rate, config.replay_speed, readings)
+        self.stopping = False
+        state = State() if config.dry_run else self._initial_state()
+        self.overflow = state.overflow
+        rows = len(readings)
+        if state.cursor >= rows:
+            log.warning("saved cursor %d is past the slice (%d rows); wrapping", state.cursor, rows)
+        self.next_seq, self.next_row = state.seq, state.cursor % rows
+        self.queue = ReadingQueue(config.queue_size, rows, self.next_seq, self.next_row)
+        self.inflight: dict[int, int] = {}  # seq -> row, handed to MQTT, not yet acked
+        self.sink: Publisher | DryRunSink = (
+            DryRunSink(out or sys.stdout, self._on_ack)
+            if config.dry_run
+            else Publisher(config, self._on_ack)
+        )
+        self._acks_since_save = 0
+        self._last_save = time.monotonic()
+        self._saved: Optional[State] = None
+        self._overflow_unlogged = 0
+        self._overflow_logged_at = 0.0
+
+    def _initial_state(self) -> State:
+        state = load_state(self.config.state_dir)
+        if state.device_id not in (None, self.config.device_id):
+            log.warning(
+                "state in %s belongs to device %s, not %s; starting again at seq 0",
+                self.config.state_dir,
+                state.device_id,
+                self.config.device_id,
+            )
+            state = State(overflow=0)
+        try:  # fail at startup, not at the first ack, if the directory is not writable
+            save_state(self.config.state_dir, self._with_device(state))
+        except OSError as e:
+            raise ConfigError(
+                "STATE_DIR", f"cannot write {self.config.state_dir}: {e.strerror or e}"
+            ) from None
+        return state
+
+    def _with_device(self, state: State) -> State:
+        return State(state.seq, state.cursor, state.overflow, self.config.device_id)
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _on_ack(self, seq: int) -> None:
+        self.inflight.pop(seq, None)
+        self._acks_since_save += 1
+
+    def watermark(self) -> State:
+        """Lowest seq not yet acked or dropped, with its row: where a restart resumes."""
+        if self.inflight:
+            seq = min(self.inflight)
+            row = self.inflight[seq]
+        elif len(self.queue):
+            seq, row = self.queue.head_seq, self.queue.head_row
+        else:
+            seq, row = self.next_seq, self.next_row
+        return State(seq, row, self.overflow, self.config.device_id)
+
+    def save(self, force: bool = False) -> None:
+        if self.config.dry_run:
+            return
+        now = time.monotonic()
+        if not (
+            force
+            or self._acks_since_save >= SAVE_EVERY_ACKS
+            or now - self._last_save >= SAVE_EVERY_SECONDS
+        ):
+            return
+        state = self.watermark()
+        self._acks_since_save = 0
+        self._last_save = now
+        if state == self._saved and not force:
+            return
+        try:
+            save_state(self.config.state_dir, state)
+            self._saved = state
+        except OSError as e:
+            log.error("cannot save state in %s: %s", self.config.state_dir, e)
+
+    def payload(self, seq: int, row: int, ts: float) -> bytes:
+        r = self.readings[row]
+        message = {
+            "device_id": self.config.device_id,
+            "device_name": self.config.device_name,
+            "ts": ts,
+            "seq": seq,
+            "data": {
+                "temp": r.temp,
+                "humidity": r.humidity,
+                "co": r.co,
+                "lpg": r.lpg,
+                "smoke": r.smoke,
+                "light": r.light,
+                "motion": r.motion,
+            },
+            "source": {"device": r.device, "ts": r.ts},
+            "stats": {
+                "overflow": self.overflow,
+                "reconnects": self.sink.reconnects,
+                "skipped_rows": self.readings.skipped,
+            },
+        }
+        return json.dumps(message, separators=(",", ":")).encode()
+
+    # -- main loop --------------------------------------------------------------------
+
+    def _produce(self) -> None:
+        if self.queue.push(time.time()):
+            self.overflow += 1
+            self._overflow_unlogged += 1
+        self.next_seq += 1
+        self.next_row = (self.next_row + 1) % len(self.readings)
+        now = time.monotonic()
+        if self._overflow_unlogged and now - self._overflow_logged_at >= OVERFLOW_LOG_EVERY:
+            log.warning(
+                "queue full (%d readings): dropped the %d oldest (total dropped %d)",
+                self.queue.maxlen,
+                self._overflow_unlogged,
+                self.overflow,
+            )
+            self._overflow_unlogged = 0
+            self._overflow_logged_at = now
+
+    def _hand_over(self) -> None:
+        while len(self.queue) and self.sink.can_publish():
+            seq, row, ts = self.queue.pop()
+            self.inflight[seq] = row
+            self.sink.publish(seq, self.payload(seq, row, ts))
+
+    def run(self) -> int:
+        count = self.config.count
+        produced = 0
+        next_due = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            # Catch up after a blocking connect attempt rather than silently skipping readings.
+            while (count is None or produced < count) and now >= next_due:
+                row = self.next_row
+                self._produce()
+                produced += 1
+                next_due += self.pacer.gap_after(row)
+            self.sink.maintain()
+            self._hand_over()
+            self.save()
+            if count is not None and produced >= count and not self.queue and not self.inflight:
+                log.info("published %d readings (--count); stopping", count)
+                break
+            wait = MAX_WAIT if count is not None and produced >= count else next_due - now
+            self.sink.loop(min(MAX_WAIT, max(0.0, wait)))
+        self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        self.sink.close(FLUSH_TIMEOUT)
+        if self._overflow_unlogged:
+            log.warning("dropped %d readings on queue overflow", self._overflow_unlogged)
+        if self.config.dry_run:
+            return
+        self.save(force=True)
+        wm = self.watermark()
+        log.info("stopped; next start resumes at seq %d (row %d)", wm.seq, wm.cursor)

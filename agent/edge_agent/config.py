@@ -1,0 +1,294 @@
+"""Agent configuration: CLI flag > environment > JSON config file > default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+PROG = "edge-agent"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A configuration or data problem; the CLI prints it on one line and exits 2."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_name: str
+    device_id: str
+    broker: str
+    port: int
+    username: Optional[str]
+    password: Optional[str]
+    tls_ca: Optional[str]
+    tls_cert: Optional[str]
+    tls_key: Optional[str]
+    client_id: str
+    topic_prefix: str
+    status_prefix: str
+    qos: int
+    interval: float
+    dataset_path: str
+    state_dir: str
+    queue_size: int
+    log_level: str
+    replay_speed: Optional[float] = None
+    rate: Optional[float] = None
+    dry_run: bool = False
+    count: Optional[int] = None
+    config_path: Optional[str] = None
+
+    @property
+    def telemetry_topic(self) -> str:
+        return f"{self.topic_prefix}/{self.device_id}"
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.status_prefix}/{self.device_id}"
+
+
+# --- value parsers: each raises ValueError with a short reason -------------------------
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port number (1..65535)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is out of range (1..65535)")
+    return port
+
+
+def _qos(value: str) -> int:
+    if value.strip() not in ("0", "1", "2"):
+        raise ValueError(f"{value!r} is not a valid QoS (0, 1 or 2)")
+    return int(value)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{value!r} must be a number > 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"{number} must be >= 1")
+    return number
+
+
+def _mac(value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not MAC_RE.match(mac):
+        raise ValueError(f"{value!r} is not a MAC address like aa:bb:cc:dd:ee:ff")
+    return mac
+
+
+def _topic_prefix(value: str) -> str:
+    prefix = value.rstrip("/")
+    if not prefix or any(c in prefix for c in "+#\0"):
+        raise ValueError(f"{value!r} is not a valid topic prefix (no wildcards, not empty)")
+    return prefix
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class _Setting:
+    env: str
+    field: str
+    flag: Optional[str]  # None: never on the command line (secrets)
+    parse: Callable[[str], Any]
+    default: Optional[str]
+
+
+SETTINGS: tuple[_Setting, ...] = (
+    _Setting("DEVICE_NAME", "device_name", "--device-name", _text, None),
+    _Setting("DEVICE_ID", "device_id", "--device-id", _mac, None),
+    _Setting("MQTT_BROKER", "broker", "--broker", _text, "localhost"),
+    _Setting("MQTT_PORT", "port", "--port", _port, "1883"),
+    _Setting("MQTT_USERNAME", "username", "--username", _text, None),
+    _Setting("MQTT_PASSWORD", "password", None, str, None),
+    _Setting("MQTT_TLS_CA", "tls_ca", "--tls-ca", _text, None),
+    _Setting("MQTT_TLS_CERT", "tls_cert", "--tls-cert", _text, None),
+    _Setting("MQTT_TLS_KEY", "tls_key", "--tls-key", _text, None),
+    _Setting("MQTT_CLIENT_ID", "client_id", "--client-id", _text, None),
+    _Setting("TOPIC_PREFIX", "topic_prefix", "--topic-prefix", _topic_prefix, "iot/telemetry"),
+    _Setting("STATUS_PREFIX", "status_prefix", "--status-prefix", _topic_prefix, "iot/status"),
+    _Setting("QOS", "qos", "--qos", _qos, "1"),
+    _Setting("PUBLISH_INTERVAL", "interval", "--interval", _positive_float, "5.0"),
+    _Setting("DATASET_PATH", "dataset_path", "--dataset", _text, None),
+    _Setting("STATE_DIR", "state_dir", "--state-dir", _text, "/var/lib/edge-agent"),
+    _Setting("QUEUE_SIZE", "queue_size", "--queue-size", _positive_int, "10000"),
+    _Setting("LOG_LEVEL", "log_level", "--log-level", _log_level, "INFO"),
+)
+CONFIG_KEYS = {s.env.lower(): s for s in SETTINGS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Replay a sensor dataset slice as MQTT telemetry. Settings come from flags, "
+        "then environment variables (names in brackets), then --config, then defaults. "
+        "MQTT_PASSWORD is read from the environment or the config file only.",
+    )
+    for s in SETTINGS:
+        if s.flag is None:
+            continue
+        default = f", default {s.default}" if s.default else ""
+        # Values stay strings here so that errors name the setting the same way for
+        # flags, environment and config file.
+        parser.add_argument(s.flag, dest=s.field, metavar="VALUE", help=f"[{s.env}{default}]")
+    parser.add_argument("--config", metavar="PATH", help="JSON file; keys are env names lowercased")
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--replay-speed",
+        metavar="X",
+        help="replay the dataset's original gaps divided by X instead of a fixed interval",
+    )
+    pace.add_argument("--rate", metavar="R", help="publish R messages per second")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print payloads to stdout; no MQTT, no state"
+    )
+    parser.add_argument("--count", metavar="N", help="stop cleanly after N readings are published")
+    return parser
+
+
+def _read_config_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError("--config", f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must contain a JSON object")
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in CONFIG_KEYS:
+            raise ConfigError(
+                "--config",
+                f"unknown key {key!r} in {path} (known: {', '.join(sorted(CONFIG_KEYS))})",
+            )
+        env = CONFIG_KEYS[key].env
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(env, f"{key} in {path} must be a string or a number")
+        values[env] = str(value)
+    return values
+
+
+def default_mac(
+    route_file: str = "/proc/net/route", net_dir: str = "/sys/class/net"
+) -> Optional[str]:
+    """MAC of the default-route interface, falling back to eth0 then wlan0."""
+    candidates: list[str] = []
+    try:
+        with open(route_file, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                # Destination 00000000 with the RTF_UP flag is the default route.
+                if len(fields) > 3 and fields[1] == "00000000" and int(fields[3], 16) & 1:
+                    candidates.append(fields[0])
+    except (OSError, ValueError):
+        pass
+    candidates += ["eth0", "wlan0"]
+    for iface in candidates:
+        try:
+            with open(os.path.join(net_dir, iface, "address"), encoding="ascii") as f:
+                mac = _mac(f.read())
+        except (OSError, ValueError):
+            continue
+        if mac != "00:00:00:00:00:00":
+            return mac
+    return None
+
+
+def load_config(
+    argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None
+) -> AgentConfig:
+    """Parse argv and environ into an AgentConfig; raises ConfigError (argparse exits 2)."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    file_values = _read_config_file(args.config) if args.config else {}
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = getattr(args, s.field, None)
+        if raw is None and environ.get(s.env):  # empty env vars count as unset
+            raw = environ[s.env]
+        if raw is None:
+            raw = file_values.get(s.env, s.default)
+        if raw is None:
+            values[s.field] = None
+            continue
+        try:
+            values[s.field] = s.parse(raw)
+        except ValueError as e:
+            raise ConfigError(s.env, str(e)) from None
+
+    if values["dataset_path"] is None:
+        raise ConfigError("DATASET_PATH", "not set; pass --dataset PATH or set DATASET_PATH")
+    if values["device_name"] is None:
+        values["device_name"] = socket.gethostname()
+    if values["device_id"] is None:
+        values["device_id"] = default_mac()
+        if values["device_id"] is None:
+            raise ConfigError(
+                "DEVICE_ID", "no MAC found on the default-route interface, eth0 or wlan0; set it"
+            )
+    if values["client_id"] is None:
+        values["client_id"] = values["device_id"]
+    if values["tls_key"] and not values["tls_cert"]:
+        raise ConfigError("MQTT_TLS_KEY", "set MQTT_TLS_CERT too (client key without certificate)")
+    if values["tls_cert"] and not values["tls_ca"]:
+        raise ConfigError("MQTT_TLS_CERT", "client certificates need MQTT_TLS_CA (TLS is off)")
+
+    flag_only: dict[str, Any] = {"dry_run": args.dry_run, "config_path": args.config}
+    for name, flag, parse in (
+        ("replay_speed", "--replay-speed", _positive_float),
+        ("rate", "--rate", _positive_float),
+        ("count", "--count", _positive_int),
+    ):
+        raw = getattr(args, name)
+        try:
+            flag_only[name] = None if raw is None else parse(raw)
+        except ValueError as e:
+            raise ConfigError(flag, str(e)) from None
+    return AgentConfig(**values, **flag_only)

@@ -1,0 +1,183 @@
+"""MQTT side of the agent: persistent MQTTv5 session, status will, backoff, ack tracking.
+
+paho runs in the caller's thread (client.loop()), never in a background thread, so callbacks
+and the agent loop cannot race: no locks anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import AgentConfig
+
+log = logging.getLogger("edge_agent.mqtt")
+
+SESSION_EXPIRY = 3600  # s: the broker keeps our session (and QoS1 state) across restarts
+KEEPALIVE = 30
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+WINDOW = 20  # un-acked readings handed to paho at most (mosquitto's receive maximum is 20)
+
+
+def backoff_delay(failures: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**failures))."""
+    return rng(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures, 16)))
+
+
+class Publisher:
+    def __init__(self, config: AgentConfig, on_ack: Callable[[int], None]) -> None:
+        self.config = config
+        self.on_ack = on_ack
+        self.connected = False
+        self.reconnects = 0  # successful connects after the first one, this process
+        self.window = WINDOW
+        self._connects = 0
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._inflight: dict[int, int] = {}  # paho mid -> seq
+        self._status_mids: set[int] = set()
+        self._closing = False
+
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.max_inflight_messages_set(WINDOW + 2)  # room for the status message
+        if config.username:
+            client.username_pw_set(config.username, config.password)
+        if config.tls_ca:
+            # tls_set keeps CERT_REQUIRED and hostname checking (tls_insecure stays False).
+            client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
+        client.will_set(config.status_topic, "offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self.client = client
+
+    # -- connection -------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Start a connection attempt if we are down and the backoff delay has passed."""
+        if self.connected or self.client.socket() is not None:
+            return
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY
+        try:
+            self.client.connect(
+                self.config.broker,
+                self.config.port,
+                keepalive=KEEPALIVE,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ValueError) as e:  # refused, DNS, timeout, TLS errors
+            self._schedule_retry(f"cannot connect to {self.config.broker}:{self.config.port}: {e}")
+
+    def _schedule_retry(self, reason: str) -> None:
+        delay = backoff_delay(self._failures)
+        self._failures += 1
+        self._next_attempt = time.monotonic() + delay
+        log.warning("%s; retrying in %.1f s", reason, delay)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return  # paho drops the socket; _on_disconnect schedules the retry
+        self.connected = True
+        self._failures = 0
+        if self._connects:
+            self.reconnects += 1
+        self._connects += 1
+        receive_max = getattr(props, "ReceiveMaximum", None)
+        if receive_max:
+            self.window = max(1, min(WINDOW, receive_max - 1))
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.config.broker,
+            self.config.port,
+            flags.session_present,
+        )
+        self._publish_status("online")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected = False
+        if not self._closing:
+            self._schedule_retry(f"disconnected from broker ({reason})")
+
+    # -- publishing -------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def can_publish(self) -> bool:
+        return self.connected and len(self._inflight) < self.window
+
+    def publish(self, seq: int, payload: bytes) -> None:
+        info = self.client.publish(
+            self.config.telemetry_topic, payload, qos=self.config.qos, retain=False
+        )
+        # paho keeps the message (and resends it after reconnects) even if the write failed.
+        self._inflight[info.mid] = seq
+
+    def _publish_status(self, status: str) -> int:
+        info = self.client.publish(self.config.status_topic, status, qos=1, retain=True)
+        self._status_mids.add(info.mid)
+        return info.mid
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        if mid in self._status_mids:
+            self._status_mids.discard(mid)
+            return
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return
+        if reason.is_failure:
+            # The broker refused it (e.g. ACL); resending would be refused forever.
+            log.warning("broker rejected seq %d: %s", seq, reason)
+        self.on_ack(seq)
+
+    def loop(self, timeout: float) -> None:
+        """Run paho's network I/O for up to `timeout` seconds (sleep when disconnected)."""
+        if self.client.socket() is None:
+            time.sleep(timeout)
+            return
+        self.client.loop(timeout=timeout)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def close(self, flush_timeout: float) -> None:
+        """Wait up to flush_timeout for in-flight acks, publish offline, disconnect."""
+        deadline = time.monotonic() + flush_timeout
+        while self._inflight and self.connected and time.monotonic() < deadline:
+            self.loop(0.05)
+        if self._inflight:
+            log.warning(
+                "%d readings still un-acked at shutdown; resent after restart", len(self._inflight)
+            )
+        if self.connected:
+            mid = self._publish_status("offline")
+            deadline = time.monotonic() + 1.0
+            while mid in self._status_mids and self.connected and time.monotonic() < deadline:
+                self.loop(0.05)
+            self._closing = True
+            self.client.disconnect()
+            self.client.loop(timeout=0.1)  # let paho flush the DISCONNECT packet
+        self.connected = False
