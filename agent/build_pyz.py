@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Build edge-agent.pyz: edge_agent plus the installed paho package in one reproducible zipapp.
+
+Same inputs give the same bytes (sorted entries, fixed dates and permissions), so Ansible's
+copy reports "ok", not "changed", on every re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHEBANG = b"#!/usr/bin/env python3\n"
+MAIN = b"import sys\n\nfrom edge_agent.cli import main\n\nsys.exit(main())\n"
+DATE = (1980, 1, 1, 0, 0, 0)
+SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+def package_files(root: Path, arc_prefix: str) -> list[tuple[str, Path]]:
+    """(archive name, path) of every file under root, without caches or bytecode."""
+    files = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if not path.is_file() or "__pycache__" in rel.parts or path.suffix in SKIP_SUFFIXES:
+            continue
+        files.append((f"{arc_prefix}/{rel.as_posix()}", path))
+    return files
+
+
+def collect() -> list[tuple[str, bytes]]:
+    import paho  # the installed one; it is pure Python
+
+    paho_root = Path(next(iter(paho.__path__)))
+    entries = package_files(HERE / "edge_agent", "edge_agent") + package_files(paho_root, "paho")
+    members = [(name, path.read_bytes()) for name, path in entries]
+    # paho-mqtt is EPL-2.0/EDL-1.0: ship its licence with the copy we embed.
+    for dist in paho_root.parent.glob("paho_mqtt-*.dist-info"):
+        for lic in dist.rglob("*"):
+            if lic.is_file() and ("licenses" in lic.parts or lic.name.startswith("LICENSE")):
+                members.append((f"paho/licenses/{lic.name}", lic.read_bytes()))
+    members.append(("__main__.py", MAIN))
+    return sorted(members)
+
+
+def build(out: Path) -> str:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(SHEBANG)
+        with zipfile.ZipFile(f, "w") as zf:
+            for name, data in collect():
+                info = zipfile.ZipInfo(name, date_time=DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.create_system = 3  # unix, whatever the build host is
+                info.external_attr = 0o100644 << 16
+                zf.writestr(info, data, compresslevel=9)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out)  # never leave a half-written archive where Ansible looks
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="dist/edge-agent.pyz", help="output path")
+    args = parser.parse_args()
+    digest = build(Path(args.out))
+    print(f"{args.out} sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
