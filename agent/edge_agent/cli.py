@@ -46,8 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("received %s; shutting down", signal.Signals(signum).name)
         agent.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     pacing = (
         f"rate {config.rate}/s"
         if config.rate
@@ -73,6 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception:
         log.exception("agent failed")
         return EXIT_RUNTIME
+    finally:  # main() is also called in-process by tests
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
