@@ -209,6 +209,10 @@ class InventoryModule(BaseInventoryPlugin):
     """Build the groups `emulated`, `broker` and `devices` from the config file's options."""
 
     NAME = "edge_fleet"
+    # Every value is a constant, a validated name or MAC, or an option from the config file or
+    # extra vars (both trusted already). Marking them trusted keeps `ansible-inventory --list`
+    # output plain instead of wrapping the generated strings in {"__ansible_unsafe": ...}.
+    trusted_by_default = True
 
     def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and path.endswith((".edge_fleet.yml", ".edge_fleet.yaml"))
