@@ -115,12 +115,12 @@ options:
 EXAMPLES = r"""
 # inventories/emulated/fleet.edge_fleet.yml: three amd64 devices reached with docker exec
 plugin: edge_fleet
-
+---
 # A mixed fleet of 50 devices where pi-0001..pi-0005 are arm64
 plugin: edge_fleet
 device_count: 50
 arm64_count: 5
-
+---
 # Reach the devices over SSH on forwarded loopback ports 22001, 22002, ...
 plugin: edge_fleet
 connection: ssh
