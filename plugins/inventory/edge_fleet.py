@@ -152,9 +152,10 @@ def parse_count(name: str, value: Any, minimum: int, maximum: int) -> int:
     elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         number = int(value.strip())
     if number is None or not minimum <= number <= maximum:
+        where = f" or with -e {name}=N" if name in VAR_OPTIONS else ""
         raise AnsibleParserError(
             f"edge_fleet: {name} must be a whole number from {minimum} to {maximum}, "
-            f"got {_show(value)}; fix it in the .edge_fleet.yml file or with -e {name}=N"
+            f"got {_show(value)}; fix it in the .edge_fleet.yml file{where}"
         )
     return number
 
