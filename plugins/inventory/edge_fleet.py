@@ -90,7 +90,8 @@ options:
   connection:
     description:
       - How Ansible reaches the hosts.
-      - C(docker) uses C(community.docker.docker) with C(ansible_host) set to the container name.
+      - C(docker) uses the C(docker) connection (community.docker.docker, named so that
+        Mitogen can take it over) with C(ansible_host) set to the container name.
       - C(ssh) uses C(ssh) to C(127.0.0.1) as I(ssh_user); the broker listens on I(ssh_port_base)
         and device I(n) on I(ssh_port_base) + I(n).
     type: str
@@ -258,11 +259,17 @@ class InventoryModule(BaseInventoryPlugin):
             "fleet_mqtt_host_port": mqtt_port,
         }
         if connection == "docker":
-            fleet_vars["ansible_connection"] = "community.docker.docker"
+            # The short name routes to community.docker.docker; Mitogen takes over only this one.
+            connection_vars = {"ansible_connection": "docker"}
         else:
-            fleet_vars["ansible_connection"] = "ssh"
-            fleet_vars["ansible_user"] = self.get_option("ssh_user")
+            connection_vars = {
+                "ansible_connection": "ssh",
+                "ansible_user": self.get_option("ssh_user"),
+            }
+        # Fleet-wide settings go on `all` so that plays on the controller (localhost) see them too.
         for key, value in fleet_vars.items():
+            inv.set_variable("all", key, value)
+        for key, value in connection_vars.items():
             inv.set_variable("emulated", key, value)
         inv.set_variable("broker", "fleet_role", "broker")
         inv.set_variable("devices", "fleet_role", "device")

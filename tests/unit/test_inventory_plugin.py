@@ -78,7 +78,7 @@ def test_default_fleet_has_broker_and_three_devices():
     broker = hostvars(data, "edge-broker")
     assert broker["fleet_role"] == "broker"
     assert broker["device_arch"] == "amd64"
-    assert broker["ansible_connection"] == "community.docker.docker"
+    assert broker["ansible_connection"] == "docker"
     assert broker["ansible_host"] == "edge-broker"
     first = hostvars(data, "pi-0001")
     assert first["fleet_role"] == "device"
