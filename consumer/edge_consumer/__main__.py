@@ -1,0 +1,7 @@
+"""python -m edge_consumer"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

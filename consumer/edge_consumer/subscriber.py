@@ -1,0 +1,153 @@
+"""MQTT side of the consumer: one MQTTv5 client, QoS 1 subscriptions, a lean on_message.
+
+paho runs its network loop in its own thread (loop_start); every callback, and so all
+accounting, happens on that thread. The main thread only reads snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .accounting import Accounting
+from .config import ConsumerConfig
+from .output import Emitter, StatusEmitter
+
+log = logging.getLogger("edge_consumer.mqtt")
+
+SESSION_EXPIRY = 3600  # s: with --persistent the broker queues QoS1 telemetry while we are away
+KEEPALIVE = 30
+# CONNACK reasons that retrying cannot fix: give up with exit 1 instead of looping forever.
+FATAL_CONNACK = {
+    "Bad user name or password",
+    "Not authorized",
+    "Client identifier not valid",
+    "Unsupported protocol version",
+    "Banned",
+}
+
+
+class Subscriber:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        acc: Accounting,
+        emit: Optional[Emitter] = None,
+        emit_status: Optional[StatusEmitter] = None,
+    ) -> None:
+        self.config = config
+        self.acc = acc
+        self.connected = threading.Event()
+        self.fatal: Optional[str] = None  # set when the broker refuses us for good
+        self.output_closed = False  # stdout went away (e.g. `| head`): stop quietly
+        self.connects = 0
+        self.wake = threading.Event()  # set on fatal errors so the main loop reacts at once
+
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        if config.username:
+            client.username_pw_set(config.username, config.password)
+        if config.tls_ca:
+            client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._make_on_message(emit, emit_status)
+        self.client = client
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        if self.config.persistent:
+            props.SessionExpiryInterval = SESSION_EXPIRY
+        # connect_async + loop_start: paho retries the first connection too, so the consumer
+        # may start before the broker does.
+        self.client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=KEEPALIVE,
+            clean_start=not self.config.persistent,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- callbacks (paho's network thread) ------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            text = str(reason)
+            log.warning("broker refused the connection: %s", text)
+            if text in FATAL_CONNACK:
+                self.fatal = f"broker refused the connection: {text}"
+                self.wake.set()
+            return
+        self.connects += 1
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.config.host,
+            self.config.port,
+            getattr(flags, "session_present", False),
+        )
+        client.subscribe(
+            [(f"{self.config.topic_prefix}/+", 1), (f"{self.config.status_prefix}/+", 1)]
+        )
+        self.connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connected.clear()
+        if not reason.is_failure:  # our own disconnect() at shutdown
+            return
+        log.warning("disconnected from the broker: %s; paho reconnects with backoff", reason)
+
+    def _make_on_message(
+        self, emit: Optional[Emitter], emit_status: Optional[StatusEmitter]
+    ) -> Any:
+        # A closure with everything bound to locals: this runs once per message, at
+        # tens of thousands per second, so no attribute chains or logging here.
+        handle = self.acc.handle
+        handle_status = self.acc.handle_status
+        status_prefix = self.config.status_prefix + "/"
+        clock = time.time
+        sinks: list[Any] = [emit, emit_status]  # cleared when the output stream fails
+
+        def output_failed() -> None:
+            # An exception escaping a callback would kill paho's thread: stop output instead.
+            sinks[0] = sinks[1] = None
+            self.output_closed = True
+            self.wake.set()
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            now = clock()
+            try:
+                topic: Optional[str] = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            payload = msg.payload
+            if topic is not None and topic.startswith(status_prefix):
+                state = handle_status(topic, payload, now)
+                if state is not None and sinks[1] is not None:
+                    try:
+                        sinks[1](topic[len(status_prefix) :], state, bool(msg.retain), now)
+                    except (OSError, ValueError):
+                        output_failed()
+                return
+            result = handle(topic, payload, now)
+            if sinks[0] is not None:
+                try:
+                    sinks[0](topic, payload, result, now)
+                except (OSError, ValueError):
+                    output_failed()
+
+        return on_message
