@@ -1,0 +1,198 @@
+"""Read and validate a dataset file in the published format.
+
+The fast path parses numbers with pandas' C reader and keeps each data line's original bytes, so
+slices copy the source text exactly. Only when something is wrong does a slower pass read every
+value as text to name the first bad column and its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import published as pub
+from .replica import marker_digest
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_DTYPES = {c: "float64" for c in pub.FLOAT_COLUMNS} | {"device": "category"}
+_QUOTES_PER_LINE = 2 * len(pub.COLUMNS)
+
+
+class DatasetError(Exception):
+    """A problem with a dataset file, worded for the user; str() is '<path>: <what>'."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A validated file: data lines (published quoting, no newline) and their parsed keys."""
+
+    path: str
+    lines: list[bytes]
+    ts: np.ndarray  # float64 per line
+    codes: np.ndarray  # index into devices per line
+    devices: tuple[str, ...]  # distinct MACs, sorted
+    quoted: bool  # False: the source did not quote every value; lines were re-quoted
+    sha256: str | None  # of the file's bytes, when it was computed
+    synthetic: bool  # the replica marker written by `sample` matches these bytes
+
+    @property
+    def rows(self) -> int:
+        return len(self.lines)
+
+    def rows_per_device(self) -> dict[str, int]:
+        counts = np.bincount(self.codes, minlength=len(self.devices))
+        return dict(zip(self.devices, counts.tolist()))
+
+
+def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
+    """Read and validate path; raises DatasetError naming the first problem."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DatasetError(name, f"cannot read: {e.strerror or e}") from None
+    marker = marker_digest(path)
+    digest = hashlib.sha256(raw).hexdigest() if (want_sha256 or marker) else None
+    if not raw.strip():
+        raise DatasetError(name, "file is empty")
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n")  # a lone \r is left for the line check to reject
+    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):
+        raw = raw.rstrip(b"\n") + b"\n"  # tolerate a missing or doubled final newline
+    header_end = raw.index(b"\n")
+    _check_header(name, raw[:header_end])
+    lines = raw.split(b"\n")[1:-1]
+    if not lines:
+        raise DatasetError(name, "has a header but no data rows")
+
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(raw),
+            dtype=_DTYPES,
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=False,
+            engine="c",
+        )
+    except pd.errors.ParserError as e:
+        raise DatasetError(name, _field_count_message(str(e))) from None
+    except (ValueError, TypeError):
+        frame = None
+    if frame is None or not _clean(frame):
+        _raise_first_bad_value(name, raw, lines)
+    if len(frame) != len(lines):
+        raise DatasetError(
+            name, f"{len(lines)} data lines but {len(frame)} records: a quoted value spans lines"
+        )
+
+    quoted = raw.count(b'"', header_end) == _QUOTES_PER_LINE * len(lines)
+    if not quoted:  # e.g. re-saved by a spreadsheet: quote values as published, text unchanged
+        text = pd.read_csv(io.BytesIO(raw), dtype=str, na_filter=False, engine="c")
+        joined = ['"' + '","'.join(row) + '"' for row in text.itertuples(index=False)]
+        lines = [line.encode() for line in joined]
+
+    device = frame["device"].cat
+    return Dataset(
+        path=name,
+        lines=lines,
+        ts=frame["ts"].to_numpy(),
+        codes=device.codes.to_numpy().astype(np.intp),
+        devices=tuple(device.categories.tolist()),
+        quoted=quoted,
+        sha256=digest,
+        synthetic=marker is not None and marker == digest,
+    )
+
+
+def _check_header(name: str, line: bytes) -> None:
+    text = line.decode("utf-8", errors="replace")
+    names = [n.strip() for n in next(csv.reader([text]))]
+    missing = [c for c in pub.COLUMNS if c not in names]
+    extra = [n for n in names if n not in pub.COLUMNS]
+    if missing:
+        raise DatasetError(name, f"header lacks column {', '.join(map(repr, missing))}")
+    if extra:
+        raise DatasetError(name, f"header has unexpected column {', '.join(map(repr, extra))}")
+    if names != list(pub.COLUMNS):
+        raise DatasetError(
+            name, f"header columns are {','.join(names)}; expected {','.join(pub.COLUMNS)}"
+        )
+
+
+def _field_count_message(message: str) -> str:
+    m = _FIELDS.search(message)
+    if m:
+        return f"line {m[2]}: {m[3]} fields, expected {m[1]}"
+    return f"not valid CSV: {message.splitlines()[0] if message else 'parse error'}"
+
+
+def _clean(frame: pd.DataFrame) -> bool:
+    floats = frame[list(pub.FLOAT_COLUMNS)].to_numpy()
+    if not np.isfinite(floats).all():
+        return False
+    if any(frame[c].dtype != bool for c in pub.BOOL_COLUMNS):
+        return False
+    device = frame["device"].cat
+    if (device.codes.to_numpy() < 0).any():
+        return False
+    return all(_MAC.fullmatch(mac) for mac in device.categories)
+
+
+def _raise_first_bad_value(name: str, raw: bytes, lines: list[bytes]) -> None:
+    """Read every value as text and raise for the first bad one, naming column and line."""
+    try:
+        text = pd.read_csv(
+            io.BytesIO(raw), dtype=str, na_filter=False, skip_blank_lines=False, engine="c"
+        )
+    except pd.errors.ParserError as e:
+        raise DatasetError(name, _field_count_message(str(e))) from None
+    first: tuple[int, int, str] | None = None  # (row, column position, message)
+    for position, column in enumerate(pub.COLUMNS):
+        values = text[column]
+        bad, why = _bad_values(column, values)
+        rows = np.flatnonzero(bad)
+        if rows.size and (first is None or rows[0] < first[0]):
+            row = int(rows[0])
+            first = (row, position, why(values.iloc[row]))
+    if first is None:
+        raise DatasetError(name, "cannot parse the file (no single bad value found)")
+    row, _, why = first
+    line_no = row + 2  # the header is line 1
+    fields = next(csv.reader([lines[row].decode("utf-8", errors="replace")]), [])
+    if len(fields) != len(pub.COLUMNS):
+        expected = len(pub.COLUMNS)
+        raise DatasetError(name, f"line {line_no}: {len(fields)} fields, expected {expected}")
+    raise DatasetError(name, f"line {line_no}: {why}")
+
+
+def _bad_values(column: str, values: pd.Series):  # type: ignore[no-untyped-def]
+    """A mask of bad values in one text column and a function describing one of them."""
+    text = values.to_numpy(dtype=object)
+    empty = np.array([not v.strip() for v in text])
+
+    def describe(kind: str):  # type: ignore[no-untyped-def]
+        def text(v: str) -> str:
+            return f"column '{column}' is " + (f"{v!r} {kind}" if v.strip() else "empty")
+
+        return text
+
+    if column in pub.BOOL_COLUMNS:
+        ok = np.isin(np.char.lower(text.astype(str)), ["true", "false"])
+        return ~ok | empty, describe("not true or false")
+    if column == "device":
+        ok = np.array([_MAC.fullmatch(v.strip()) is not None for v in text])
+        return ~ok | empty, describe("not a MAC address")
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    return ~np.isfinite(number) | empty, describe("not a finite number")

@@ -1,0 +1,197 @@
+"""Cut a validated dataset into one contiguous, time-ordered slice per device.
+
+Device i (1-based) replays sensor (i-1) % k of the k distinct source MACs (sorted). The devices
+of one sensor split its readings, ordered by time with exact duplicate lines removed, into
+consecutive windows whose lengths differ by at most one (numpy.array_split's rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import published as pub
+from .atomic import write_atomic
+from .reader import Dataset, DatasetError
+
+MANIFEST = "manifest.json"
+_SLICE_FILE = re.compile(r"device-\d+\.csv")
+
+
+@dataclass(frozen=True)
+class Window:
+    device_number: int
+    source_device: str
+    row_start: int  # index into the sensor's time-sorted, de-duplicated readings
+    row_end: int  # exclusive
+    rows: int
+    ts_first: float
+    ts_last: float
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Result:
+    written: int
+    unchanged: int
+    removed: int
+    manifest_written: bool
+    unique_rows: int
+
+
+def sensor_rows(ds: Dataset) -> list[np.ndarray]:
+    """Per device code: its line indices in time order (file order on ties), no duplicates."""
+    order = np.lexsort((ds.ts, ds.codes))  # stable: equal timestamps keep file order
+    ts, codes = ds.ts[order], ds.codes[order]
+    keep = np.ones(len(order), dtype=bool)
+    # Exact duplicates share device and ts, so only ties need a text comparison.
+    tied = np.flatnonzero((ts[1:] == ts[:-1]) & (codes[1:] == codes[:-1])) + 1
+    seen: set[bytes] = set()
+    previous = -2
+    for p in tied.tolist():
+        if p != previous + 1:  # a new run of equal timestamps starts at p - 1
+            seen = {ds.lines[order[p - 1]]}
+        line = ds.lines[order[p]]
+        if line in seen:
+            keep[p] = False
+        seen.add(line)
+        previous = p
+    order, codes = order[keep], codes[keep]
+    bounds = np.searchsorted(codes, np.arange(len(ds.devices) + 1))
+    return [order[bounds[i] : bounds[i + 1]] for i in range(len(ds.devices))]
+
+
+def check_sources(ds: Dataset, allow_mismatch: bool) -> None:
+    expected = len(pub.MACS)
+    if len(ds.devices) != expected and not allow_mismatch:
+        raise DatasetError(
+            ds.path,
+            f"expected {expected} source devices, found {len(ds.devices)} "
+            f"({', '.join(ds.devices)}); --allow-sources-mismatch slices it anyway",
+        )
+
+
+def windows(sensor_sizes: list[int], n_devices: int) -> list[tuple[int, int, int]]:
+    """(sensor, row_start, row_end) for devices 1..n_devices; raises ValueError if too few rows."""
+    k = len(sensor_sizes)
+    out = []
+    for i in range(n_devices):
+        sensor, j = i % k, i // k
+        share = len(range(sensor, n_devices, k))  # devices replaying this sensor
+        size = sensor_sizes[sensor]
+        if size < share:
+            raise ValueError(f"{n_devices} devices need {share} readings from sensor {sensor}")
+        base, extra = divmod(size, share)
+        start = j * base + min(j, extra)
+        out.append((sensor, start, start + base + (1 if j < extra else 0)))
+    return out
+
+
+def _ts_of(line: bytes) -> float:
+    return float(line.split(b",", 1)[0].strip(b'"'))
+
+
+def write_slices(ds: Dataset, n_devices: int, out: Path) -> tuple[Result, list[Window]]:
+    """Write out/device-NNNN.csv and out/manifest.json, touching only files whose bytes change."""
+    per_sensor = sensor_rows(ds)
+    sizes = [len(rows) for rows in per_sensor]
+    try:
+        plan = windows(sizes, n_devices)
+    except ValueError:
+        short = min(
+            range(len(sizes)), key=lambda s: sizes[s] - len(range(s, n_devices, len(sizes)))
+        )
+        need = len(range(short, n_devices, len(sizes)))
+        raise DatasetError(
+            ds.path,
+            f"{n_devices} devices need {need} readings from {ds.devices[short]}, "
+            f"it has {sizes[short]}",
+        ) from None
+
+    # One blob per sensor in time order; a device's slice is a byte range of it.
+    blobs, offsets = [], []
+    for rows in per_sensor:
+        lines = _take(ds.lines, rows.tolist())
+        blobs.append(memoryview(b"\n".join(lines) + b"\n"))
+        lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)) + 1
+        offsets.append(np.concatenate(([0], np.cumsum(lengths))).tolist())
+
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(n_devices)))
+    header_hash = hashlib.sha256(pub.HEADER_LINE)
+    written = unchanged = 0
+    result_windows = []
+    for i, (sensor, start, end) in enumerate(plan, start=1):
+        body = blobs[sensor][offsets[sensor][start] : offsets[sensor][end]]
+        name = f"device-{i:0{width}d}.csv"
+        digest = header_hash.copy()
+        digest.update(body)
+        if _same_bytes(out / name, pub.HEADER_LINE, body):
+            unchanged += 1
+        else:
+            write_atomic(out / name, pub.HEADER_LINE, body)
+            written += 1
+        first_line = ds.lines[int(per_sensor[sensor][start])]
+        last_line = ds.lines[int(per_sensor[sensor][end - 1])]
+        result_windows.append(
+            Window(
+                device_number=i,
+                source_device=ds.devices[sensor],
+                row_start=start,
+                row_end=end,
+                rows=end - start,
+                ts_first=_ts_of(first_line),
+                ts_last=_ts_of(last_line),
+                file=name,
+                sha256=digest.hexdigest(),
+            )
+        )
+
+    expected = {w.file for w in result_windows}
+    removed = 0
+    for path in sorted(out.iterdir()):
+        if _SLICE_FILE.fullmatch(path.name) and path.name not in expected:
+            path.unlink()
+            removed += 1
+
+    unique = sum(sizes)
+    manifest = {
+        "format": 1,
+        "synthetic": ds.synthetic,
+        "source": {"path": ds.path, "rows": ds.rows, "unique_rows": unique},
+        "devices": [asdict(w) for w in result_windows],
+    }
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    manifest_written = not _same_bytes(out / MANIFEST, data)
+    if manifest_written:
+        write_atomic(out / MANIFEST, data)
+    return Result(written, unchanged, removed, manifest_written, unique), result_windows
+
+
+def _take(lines: list[bytes], indices: list[int]) -> list[bytes] | tuple[bytes, ...]:
+    if len(indices) < 2:  # itemgetter returns a bare item, not a tuple, for one index
+        return [lines[i] for i in indices]
+    return operator.itemgetter(*indices)(lines)
+
+
+def _same_bytes(path: Path, *chunks: bytes | memoryview) -> bool:
+    try:
+        if os.stat(path).st_size != sum(len(c) for c in chunks):
+            return False
+        current = memoryview(path.read_bytes())
+    except OSError:
+        return False
+    position = 0
+    for chunk in chunks:
+        if current[position : position + len(chunk)] != chunk:
+            return False
+        position += len(chunk)
+    return True
