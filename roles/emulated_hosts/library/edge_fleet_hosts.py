@@ -53,6 +53,11 @@ options:
     description: Seconds to wait for systemd to finish booting in a new container.
     type: int
     default: 180
+  ssh_public_key:
+    description:
+      - When set, every host runs sshd and user C(pi) accepts this key (key-only login), so that
+        Ansible can reach the hosts over SSH like real Pis.
+    type: str
 """
 
 import concurrent.futures
@@ -164,6 +169,30 @@ def _start(container: Any, timeout: int) -> None:
     _wait_for_boot(container, timeout)
 
 
+# Installs the controller's key for `pi` and starts sshd; prints whether anything changed.
+SSH_SETUP_SCRIPT = r"""
+set -e
+key="$1"; keys=/home/pi/.ssh/authorized_keys
+if [ -f "$keys" ] && grep -qxF "$key" "$keys" && systemctl -q is-enabled ssh \
+   && systemctl -q is-active ssh; then
+    echo unchanged; exit 0
+fi
+install -d -m 0700 -o pi -g pi /home/pi/.ssh
+printf '%s\n' "$key" > "$keys"
+chown pi:pi "$keys"; chmod 0600 "$keys"
+systemctl enable --now ssh.service >/dev/null 2>&1
+echo changed
+"""
+
+
+def _setup_ssh(container: Any, public_key: str) -> bool:
+    result = container.exec_run(["/bin/sh", "-c", SSH_SETUP_SCRIPT, "ssh-setup", public_key])
+    output = result.output.decode(errors="replace").strip()
+    if result.exit_code != 0:
+        raise RuntimeError(f"{container.name}: could not set up sshd: {output}")
+    return output.endswith("changed") and not output.endswith("unchanged")
+
+
 def _remove(container: Any) -> None:
     container.remove(force=True, v=True)
 
@@ -183,11 +212,16 @@ def _run_parallel(jobs: list[tuple[str, Any, tuple[Any, ...]]], workers: int) ->
 def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
     params = module.params
     fleet = params["fleet"]
-    existing = {c.name: c for c in client.containers.list(all=True, filters={"label": f"{LABEL_FLEET}={fleet}"})}
+    existing = {
+        c.name: c
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_FLEET}={fleet}"})
+    }
     wanted = {h["name"]: h for h in params["hosts"]} if params["state"] == "present" else {}
 
     to_create = [h for name, h in wanted.items() if name not in existing]
-    to_start = [existing[name] for name in wanted if name in existing and existing[name].status != "running"]
+    to_start = [
+        existing[name] for name in wanted if name in existing and existing[name].status != "running"
+    ]
     to_remove = [c for name, c in existing.items() if name not in wanted]
     result: dict[str, Any] = {
         "changed": bool(to_create or to_start or to_remove),
@@ -195,7 +229,7 @@ def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
         "started": sorted(c.name for c in to_start),
         "removed": sorted(c.name for c in to_remove),
     }
-    if module.check_mode or not result["changed"]:
+    if module.check_mode:
         return result
 
     capacity_error = _capacity_error(len(to_create), params)
@@ -206,10 +240,32 @@ def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
     jobs: list[tuple[str, Any, tuple[Any, ...]]] = [(c.name, _remove, (c,)) for c in to_remove]
     jobs += [(c.name, _start, (c, timeout)) for c in to_start]
     jobs += [(h["name"], _create, (client, fleet, network, h, timeout)) for h in to_create]
-    errors = _run_parallel(jobs, workers)
+    errors = _run_parallel(jobs, workers) if jobs else []
     if errors:
-        module.fail_json(msg=f"{len(errors)} emulated hosts failed: " + "; ".join(errors[:10]), **result)
+        module.fail_json(
+            msg=f"{len(errors)} emulated hosts failed: " + "; ".join(errors[:10]), **result
+        )
+    if params["ssh_public_key"] and wanted:
+        result["ssh_configured"] = _configure_ssh(client, sorted(wanted), params)
+        result["changed"] = result["changed"] or bool(result["ssh_configured"])
     return result
+
+
+def _configure_ssh(client: Any, names: list[str], params: dict[str, Any]) -> list[str]:
+    changed: list[str] = []
+    errors: list[str] = []
+    key = params["ssh_public_key"].strip()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=params["parallelism"]) as pool:
+        futures = {pool.submit(_setup_ssh, client.containers.get(n), key): n for n in names}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                if future.result():
+                    changed.append(futures[future])
+            except Exception as exc:
+                errors.append(f"{futures[future]}: {exc}")
+    if errors:
+        raise RuntimeError("; ".join(sorted(errors)[:10]))
+    return sorted(changed)
 
 
 def main() -> None:
@@ -223,11 +279,14 @@ def main() -> None:
             "pids_per_host": {"type": "int", "default": 40},
             "parallelism": {"type": "int", "default": 16},
             "boot_timeout": {"type": "int", "default": 180},
+            "ssh_public_key": {"type": "str"},
         },
         supports_check_mode=True,
     )
     if not HAS_DOCKER:
-        module.fail_json(msg="the docker Python SDK is required on the controller (pip install docker)")
+        module.fail_json(
+            msg="the docker Python SDK is required on the controller (pip install docker)"
+        )
     for host in module.params["hosts"]:
         missing = {"name", "image", "role"} - set(host)
         if missing:
