@@ -75,9 +75,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _fit_power(u: np.ndarray, mapping, target: float) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Bisect the exponent g so mean(mapping(u**g)) hits target; min and max stay attained."""
     lo, hi = -6.0, 6.0  # log2 of g
-    for _ in range(40):
+    probe = u[::8]  # the mean of every 8th value is close enough and 8x cheaper
+    for _ in range(30):
         mid = (lo + hi) / 2
-        if mapping(u ** (2.0**mid)).mean() > target:
+        if mapping(probe ** (2.0**mid)).mean() > target:
             lo = mid  # a larger exponent pulls values towards the low end
         else:
             hi = mid
@@ -167,6 +168,8 @@ def _sensor(rng: np.random.Generator, p: _Profile) -> dict[str, np.ndarray]:
 
 def _java_double(text: str) -> str:
     """'1594512094.3859746' -> '1.5945120943859746E9' (Java's Double.toString style)."""
+    if text[10:11] == "." and text[-1] != "0":  # the usual 10-digit epoch with a fraction
+        return f"{text[0]}.{text[1:10]}{text[11:]}E9"
     whole, _, frac = text.partition(".")
     digits = (whole[1:] + frac).rstrip("0") or "0"
     return f"{whole[0]}.{digits}E{len(whole) - 1}"
@@ -186,11 +189,14 @@ def generate(seed: int = DEFAULT_SEED) -> bytes:
         values = np.concatenate([c[name] for c in parts])[order]
         if values.dtype == bool:
             return np.where(values, "true", "false").tolist()
+        if name in ("temp", "humidity"):  # few distinct values: format each once
+            distinct, inverse = np.unique(values, return_inverse=True)
+            return np.array(list(map(repr, distinct.tolist())), dtype=object)[inverse].tolist()
         return list(map(repr, values.tolist()))
 
     macs = [p.sensor.mac for p in _PROFILES]
     columns = {
-        "ts": [_java_double(t) for t in col("ts")],
+        "ts": list(map(_java_double, col("ts"))),
         "device": [macs[i] for i in device.tolist()],
         **{c: col(c) for c in pub.COLUMNS if c not in ("ts", "device")},
     }
