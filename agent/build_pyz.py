@@ -3,6 +3,12 @@
 
 Same inputs give the same bytes (sorted entries, fixed dates and permissions), so Ansible's
 copy reports "ok", not "changed", on every re-run.
+
+Each module also gets an unchecked-hash .pyc for the building interpreter's version: Python
+never caches bytecode for zip imports, and compiling paho's 200 kB client.py at every start
+leaves ~5 MB of extra RSS behind. Other Python versions see a foreign magic number, ignore
+the .pyc and compile the .py as usual. Build with the target devices' Python (3.11 on
+Raspberry Pi OS bookworm) to get the saving.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import py_compile
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,12 +40,27 @@ def package_files(root: Path, arc_prefix: str) -> list[tuple[str, Path]]:
     return files
 
 
-def collect() -> list[tuple[str, bytes]]:
+def compile_pyc(name: str, path: Path) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfile = os.path.join(tmp, "m.pyc")
+        py_compile.compile(
+            str(path),
+            cfile=cfile,
+            dfile=name,
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+        return Path(cfile).read_bytes()
+
+
+def collect(pyc: bool = True) -> list[tuple[str, bytes]]:
     import paho  # the installed one; it is pure Python
 
     paho_root = Path(next(iter(paho.__path__)))
     entries = package_files(HERE / "edge_agent", "edge_agent") + package_files(paho_root, "paho")
     members = [(name, path.read_bytes()) for name, path in entries]
+    if pyc:
+        members += [(n + "c", compile_pyc(n, p)) for n, p in entries if n.endswith(".py")]
     # paho-mqtt is EPL-2.0/EDL-1.0: ship its licence with the copy we embed.
     for dist in paho_root.parent.glob("paho_mqtt-*.dist-info"):
         for lic in dist.rglob("*"):
@@ -47,13 +70,13 @@ def collect() -> list[tuple[str, bytes]]:
     return sorted(members)
 
 
-def build(out: Path) -> str:
+def build(out: Path, pyc: bool = True) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(SHEBANG)
         with zipfile.ZipFile(f, "w") as zf:
-            for name, data in collect():
+            for name, data in collect(pyc):
                 info = zipfile.ZipInfo(name, date_time=DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.create_system = 3  # unix, whatever the build host is
@@ -67,9 +90,15 @@ def build(out: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="dist/edge-agent.pyz", help="output path")
+    parser.add_argument("--no-pyc", action="store_true", help="ship sources only")
     args = parser.parse_args()
-    digest = build(Path(args.out))
-    print(f"{args.out} sha256 {digest}")
+    digest = build(Path(args.out), pyc=not args.no_pyc)
+    bytecode = (
+        "sources only"
+        if args.no_pyc
+        else f"bytecode for Python {sys.version_info[0]}.{sys.version_info[1]}"
+    )
+    print(f"{args.out} sha256 {digest} ({bytecode})")
     return 0
 
 

@@ -6,9 +6,12 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from .config import PROG, ConfigError, load_config
+from .config import PROG, AgentConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .dataset import Slice
 
 log = logging.getLogger("edge_agent")
 
@@ -30,14 +33,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(
         level=config.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    # Imported here so --help and config errors stay fast and paho-free.
-    from .agent import Agent
+    if not config.dry_run:
+        from .lean import defer_unused_imports
+
+        defer_unused_imports(tls=bool(config.tls_ca))
     from .dataset import read_slice
 
     try:
         readings = read_slice(config.dataset_path)
-        if readings.skipped:
-            log.warning("%s: skipped %d bad rows", config.dataset_path, readings.skipped)
+    except ConfigError as e:
+        return _error(str(e), EXIT_CONFIG)
+    try:
+        return _run(config, readings)
+    finally:
+        readings.close()
+
+
+def _run(config: AgentConfig, readings: Slice) -> int:
+    from .agent import Agent
+
+    if readings.skipped:
+        log.warning("%s: skipped %d bad rows", config.dataset_path, readings.skipped)
+    try:
         agent = Agent(config, readings)
     except ConfigError as e:
         return _error(str(e), EXIT_CONFIG)

@@ -29,9 +29,9 @@ class Pacer:
         if self.rate is not None:
             return 1.0 / self.rate
         if self.replay_speed is not None and self.readings is not None:
-            ts = self.readings.ts
-            if row + 1 >= len(ts):
+            if row + 1 >= len(self.readings):
                 return self.interval  # wrapping to the start has no original gap
+            gap = self.readings.ts_at(row + 1) - self.readings.ts_at(row)
             # max(): unsorted or duplicate timestamps must not make a negative wait.
-            return max(0.0, ts[row + 1] - ts[row]) / self.replay_speed
+            return max(0.0, gap) / self.replay_speed
         return self.interval

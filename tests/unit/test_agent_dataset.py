@@ -69,14 +69,20 @@ def test_parse_row_rejects(row: list[str]) -> None:
 def test_read_slice_values_and_compact_storage(tmp_path: Path) -> None:
     s = read_slice(write(tmp_path, HEADER + GOOD))
     assert len(s) == 3 and s.skipped == 0
-    assert isinstance(s.ts, array) and s.ts.typecode == "d"
-    assert s.devices == ["b8:27:eb:bf:9d:51", "00:0f:00:70:91:0a", "1c:bf:ce:15:ec:4d"]
+    assert isinstance(s.offsets, array) and s.offsets.itemsize == 8  # no per-row objects
+    assert [s[i].device for i in range(3)] == [
+        "b8:27:eb:bf:9d:51",
+        "00:0f:00:70:91:0a",
+        "1c:bf:ce:15:ec:4d",
+    ]
+    assert s.ts_at(2) == 1594512104.123
     first, second, third = s[0], s[1], s[2]
     assert first.ts == 1594512094.3859746
     assert first.co == 0.004955938648391245  # full double precision survives
     assert (first.light, first.motion) == (False, False)
     assert second.temp == 19.700000762939453 and second.light is True
     assert third.ts == 1594512104.123 and (third.light, third.motion) == (True, True)
+    s.close()
 
 
 def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
@@ -89,6 +95,7 @@ def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
     )
     s = read_slice(write(tmp_path, HEADER + GOOD + bad))
     assert (len(s), s.skipped) == (3, 4)
+    s.close()
 
 
 def test_quoting_and_column_order(tmp_path: Path) -> None:
@@ -99,6 +106,7 @@ def test_quoting_and_column_order(tmp_path: Path) -> None:
     s = read_slice(write(tmp_path, text))
     assert s[0].device == 'a "quoted", device'
     assert (s[0].ts, s[0].temp, s[0].motion) == (1.6e9, 21.5, True)
+    s.close()
 
 
 @pytest.mark.parametrize(
@@ -115,6 +123,24 @@ def test_unusable_files_are_config_errors(tmp_path: Path, text: str, fragment: s
         read_slice(write(tmp_path, text))
     assert exc.value.setting == "DATASET_PATH"
     assert fragment in str(exc.value)
+
+
+def test_nul_byte_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "slice.csv"
+    path.write_bytes((HEADER + GOOD).encode() + b'"1.6E9","d\x00","1","1","true","1"\n')
+    s = read_slice(str(path))
+    assert s.skipped == 1
+    s.close()
+
+
+def test_rewritten_in_place_is_a_runtime_error(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + GOOD)
+    s = read_slice(path)
+    with open(path, "w") as f:  # truncate and rewrite the same inode
+        f.write("garbage\n" * 50)
+    with pytest.raises(RuntimeError, match="changed under the agent"):
+        s[1]
+    s.close()
 
 
 def test_missing_file(tmp_path: Path) -> None:

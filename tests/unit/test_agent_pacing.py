@@ -18,7 +18,9 @@ def readings(tmp_path: Path):  # type: ignore[no-untyped-def]
     )
     path = tmp_path / "s.csv"
     path.write_text(text)
-    return read_slice(str(path))
+    s = read_slice(str(path))
+    yield s
+    s.close()
 
 
 def test_interval_and_rate(readings) -> None:  # type: ignore[no-untyped-def]

@@ -118,6 +118,8 @@ def test_overflow_counted_and_watermark(slice_csv: Path, tmp_path: Path) -> None
     agent.save(force=True)
     restarted = Agent(cfg, read_slice(str(slice_csv)))
     assert (restarted.next_seq, restarted.next_row, restarted.overflow) == (3, 0, 3)
+    agent.readings.close()
+    restarted.readings.close()
 
 
 def test_pyz_is_reproducible_and_runs(tmp_path: Path) -> None:
