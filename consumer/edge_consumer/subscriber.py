@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 
 from .accounting import Accounting
 from .config import ConsumerConfig
+from .fastclient import FastClient, make_client
 from .output import Emitter, StatusEmitter
 
 log = logging.getLogger("edge_consumer.mqtt")
@@ -49,7 +50,7 @@ class Subscriber:
         self.connects = 0
         self.wake = threading.Event()  # set on fatal errors so the main loop reacts at once
 
-        client = mqtt.Client(
+        client = make_client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
@@ -61,8 +62,8 @@ class Subscriber:
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._make_on_message(emit, emit_status)
         self.client = client
+        client.on_message = self._make_on_message(emit, emit_status)
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -128,18 +129,13 @@ class Subscriber:
             self.output_closed = True
             self.wake.set()
 
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        def process(topic: Optional[str], payload: bytes, retained: bool) -> None:
             now = clock()
-            try:
-                topic: Optional[str] = msg.topic
-            except UnicodeDecodeError:
-                topic = None
-            payload = msg.payload
             if topic is not None and topic.startswith(status_prefix):
                 state = handle_status(topic, payload, now)
                 if state is not None and sinks[1] is not None:
                     try:
-                        sinks[1](topic[len(status_prefix) :], state, bool(msg.retain), now)
+                        sinks[1](topic[len(status_prefix) :], state, retained, now)
                     except (OSError, ValueError):
                         output_failed()
                 return
@@ -150,4 +146,20 @@ class Subscriber:
                 except (OSError, ValueError):
                     output_failed()
 
+        def on_fast_message(topic: bytes, payload: bytes, retained: bool) -> None:
+            try:
+                name: Optional[str] = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                name = None
+            process(name, payload, retained)
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                name: Optional[str] = msg.topic
+            except UnicodeDecodeError:
+                name = None
+            process(name, msg.payload, bool(msg.retain))
+
+        if isinstance(self.client, FastClient):
+            self.client.on_fast_message = on_fast_message
         return on_message
