@@ -64,7 +64,7 @@ def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
         raise DatasetError(name, f"cannot read: {e.strerror or e}") from None
     marker = marker_digest(path)
     digest = hashlib.sha256(raw).hexdigest() if (want_sha256 or marker) else None
-    if not raw.strip():
+    if not raw or raw.isspace():  # isspace stops at the first other byte; strip() would copy
         raise DatasetError(name, "file is empty")
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     if b"\r" in raw:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,11 @@ def test_replica_slices_are_marked_synthetic(
 def test_sensor_rows_drop_duplicates_only_when_identical(tmp_path: Path) -> None:
     ds = load(make_source(tmp_path))
     assert sum(len(r) for r in sensor_rows(ds)) == ds.rows - 2
+
+
+def test_manifest_is_plain_sorted_indented_json(tmp_path: Path) -> None:
+    _, result_windows = write_slices(load(make_source(tmp_path)), 5, tmp_path / "out")
+    text = (tmp_path / "out" / "manifest.json").read_text()
+    expected = json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert text == expected
+    assert json.loads(text)["devices"] == [asdict(w) for w in result_windows]
