@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-
 from edge_consumer.accounting import Accounting, Histogram, SeqSet, latency_bucket
 
 DEV = "02:42:ac:11:00:01"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from edge_consumer.cli import main
 from edge_consumer.config import ConfigError, load_config
 

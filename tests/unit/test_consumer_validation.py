@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from edge_consumer.validation import REASONS, Telemetry, Validator
 
 DEV = "02:42:ac:11:00:01"
