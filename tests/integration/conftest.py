@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -44,7 +44,7 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener_options: Sequence[str] = ()) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -64,6 +64,7 @@ class Broker:
             "log_type warning",
             "log_type notice",
             "log_type information",
+            *listener_options,  # e.g. cafile/certfile/keyfile for a TLS listener
         ]
         if os.geteuid() == 0:
             # As root, mosquitto drops to user "mosquitto", which cannot write our tmp dir.
@@ -109,6 +110,23 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Make extra brokers, e.g. with TLS listener options; all are stopped at teardown."""
+    if not (os.path.exists(MOSQUITTO) and os.access(MOSQUITTO, os.X_OK)):
+        pytest.skip(f"{MOSQUITTO} not installed (apt-get install mosquitto)")
+    brokers: list[Broker] = []
+
+    def make(name: str = "broker-extra", listener_options: Sequence[str] = ()) -> Broker:
+        broker = Broker(tmp_path / name, listener_options)
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
 
 
 class Collector:

@@ -108,6 +108,10 @@ def test_three_agents_reach_the_consumer(
         ).stdout  # fmt: skip
         assert sorted(out.split()) == sorted([f"iot/status/{d}" for d in ids] + ["online"] * 3)
 
+    for proc in agents:  # without TLS the agent never maps OpenSSL (~5 MB of RSS)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libssl" not in maps and "libcrypto" not in maps
+
     if importlib.util.find_spec("edge_consumer.cli") is None:
         pytest.skip("edge_consumer not available yet; agents verified with paho/mosquitto_sub")
     consumer = subprocess.run(
