@@ -122,9 +122,12 @@ def _check_header(name: str, line: bytes) -> None:
     missing = [c for c in pub.COLUMNS if c not in names]
     extra = [n for n in names if n not in pub.COLUMNS]
     if missing:
-        raise DatasetError(name, f"header lacks column {', '.join(map(repr, missing))}")
+        plural = "s" if len(missing) > 1 else ""
+        raise DatasetError(name, f"header lacks column{plural} {', '.join(map(repr, missing))}")
     if extra:
-        raise DatasetError(name, f"header has unexpected column {', '.join(map(repr, extra))}")
+        plural = "s" if len(extra) > 1 else ""
+        listed = ", ".join(map(repr, extra))
+        raise DatasetError(name, f"header has unexpected column{plural} {listed}")
     if names != list(pub.COLUMNS):
         raise DatasetError(
             name, f"header columns are {','.join(names)}; expected {','.join(pub.COLUMNS)}"
