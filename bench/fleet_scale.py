@@ -50,7 +50,7 @@ def _boot_bare(name: str) -> None:
         ).stdout.strip()
         if state in ("running", "degraded"):
             return
-        time.sleep(0.5)
+        time.sleep(2)  # the same probe interval as the emulated_hosts role
     raise RuntimeError(f"{name} did not boot")
 
 

@@ -143,7 +143,8 @@ def _wait_for_boot(container: Any, timeout: int) -> None:
         state = result.output.decode(errors="replace").strip()
         if state in ("running", "degraded"):
             return
-        time.sleep(0.5)
+        # Each probe is a `docker exec` (a runc process): polling hard slows the boots it awaits.
+        time.sleep(2)
     raise RuntimeError(f"{container.name}: systemd did not finish booting ({state})")
 
 

@@ -1,0 +1,95 @@
+"""The main job end to end: site.yml on an emulated fleet, rerun, check mode, scale down, teardown.
+
+Real Docker containers running systemd, the real ansible-playbook CLI, a real Mosquitto in the
+broker container and the real consumer verifying the fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .fleet_helpers import (
+    PlaybookRun,
+    ansible_playbook,
+    fleet_containers,
+    free_port,
+    require_docker,
+    write_emulated_inventory,
+)
+
+pytestmark = pytest.mark.fleet
+
+NAME = "edge-itest"
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    require_docker()
+    directory = write_emulated_inventory(
+        tmp_path_factory.mktemp("inventory") / "emulated", NAME, mqtt_host_port=free_port()
+    )
+    args = ["-i", str(directory), "-e", f"emulated_hosts_mqtts_host_port={free_port()}"]
+    yield args
+    ansible_playbook("playbooks/teardown.yml", *args)
+
+
+def site(inventory: list[str], count: int, *extra: str) -> PlaybookRun:
+    return ansible_playbook("site.yml", *inventory, "-e", f"device_count={count}", *extra)
+
+
+def devices() -> list[str]:
+    return [name for name in fleet_containers(NAME) if "-pi-" in name]
+
+
+def test_deploy_from_nothing_ends_verified(inventory: list[str]) -> None:
+    run = site(inventory, 4)
+    assert run.rc == 0, run.output[-3000:]
+    assert "fleet check met: 4 of 4" in run.output
+    assert devices() == [f"{NAME}-pi-000{n}" for n in range(1, 5)]
+
+
+def test_rerun_changes_nothing(inventory: list[str]) -> None:
+    run = site(inventory, 4)
+    assert run.rc == 0, run.output[-3000:]
+    assert run.total("changed") == 0, run.recap()
+    assert len(run.recap()) == 6  # localhost, the broker and 4 devices
+
+
+def test_check_mode_runs_clean_against_the_fleet(inventory: list[str]) -> None:
+    run = site(inventory, 4, "--check")
+    assert run.rc == 0, run.output[-3000:]
+    assert run.total("changed") == 0, run.recap()
+
+
+def test_changed_agent_setting_restarts_agents_once(inventory: list[str]) -> None:
+    run = site(inventory, 4, "-e", "edge_agent_publish_interval=2.0")
+    assert run.rc == 0, run.output[-3000:]
+    assert run.output.count("RUNNING HANDLER [edge_agent : Restart edge-agent]") == 1
+    assert all(run.recap()[f"{NAME}-pi-000{n}"]["changed"] >= 1 for n in range(1, 5))
+
+
+def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
+    run = site(inventory, 2)
+    assert run.rc == 0, run.output[-3000:]
+    assert devices() == [f"{NAME}-pi-0001", f"{NAME}-pi-0002"]
+    assert "fleet check met: 2 of 2" in run.output
+
+
+def test_teardown_leaves_no_fleet_containers(inventory: list[str]) -> None:
+    run = ansible_playbook("playbooks/teardown.yml", *inventory)
+    assert run.rc == 0, run.output[-3000:]
+    assert fleet_containers(NAME) == []
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "abc", "2.5", "100000"])
+def test_bad_device_count_fails_before_any_host_is_touched(tmp_path: Path, count: str) -> None:
+    require_docker()
+    name = "edge-badcount"
+    directory = write_emulated_inventory(tmp_path / "emulated", name)
+    run = ansible_playbook("site.yml", "-i", str(directory), "-e", f"device_count={count}")
+    assert run.rc != 0
+    assert f"device_count must be a whole number from 1 to 10000, got '{count}'" in run.output
+    assert fleet_containers(name) == []
