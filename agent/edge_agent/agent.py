@@ -21,6 +21,7 @@ FLUSH_TIMEOUT = 5.0  # s to wait for in-flight acks on SIGTERM
 SAVE_EVERY_ACKS = 10
 SAVE_EVERY_SECONDS = 1.0
 OVERFLOW_LOG_EVERY = 10.0  # s: one WARNING per period, not one per dropped reading
+HAND_OVER_MAX = 100  # readings handed to MQTT per loop pass
 MAX_WAIT = 0.1  # s: longest single wait, so signals and reconnects are handled promptly
 
 
@@ -215,7 +216,11 @@ class Agent:
             self._overflow_logged_at = now
 
     def _hand_over(self) -> None:
-        while len(self.queue) and self.sink.can_publish():
+        # Bounded per pass so a long backlog (or QoS 0, which has no window) cannot starve
+        # paho's network I/O or pile up in its buffers.
+        for _ in range(HAND_OVER_MAX):
+            if not (len(self.queue) and self.sink.can_publish()):
+                break
             seq, row, ts = self.queue.pop()
             self.inflight[seq] = row
             self.sink.publish(seq, self.payload(seq, row, ts))

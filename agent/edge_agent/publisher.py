@@ -116,11 +116,6 @@ class Publisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected = False
-        if self.config.qos == 0:
-            # paho forgets unsent QoS 0 messages on disconnect: at most once means they are done.
-            for seq in list(self._inflight.values()):
-                self.on_ack(seq)
-            self._inflight.clear()
         if not self._closing:
             self._schedule_retry(f"disconnected from broker ({reason})")
 
@@ -137,8 +132,10 @@ class Publisher:
         info = self.client.publish(
             self.config.telemetry_topic, payload, qos=self.config.qos, retain=False
         )
-        if self.config.qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self.on_ack(seq)  # QoS 0 is at most once: paho has already dropped it
+        if self.config.qos == 0:
+            # At most once: handed to paho is done. (paho may even report QoS 0 as published
+            # inside publish(), before we could know its mid.)
+            self.on_ack(seq)
             return
         # QoS 1/2: paho keeps the message, and resends it after reconnects, until it is acked.
         self._inflight[info.mid] = seq

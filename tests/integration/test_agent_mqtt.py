@@ -179,3 +179,14 @@ def test_broker_restart_leaves_no_gaps(
         assert complete, collector.missing(dev, final)
     logs = (tmp_path / "agent-1.log").read_text()
     assert "connected to" in logs and "disconnected from broker" in logs
+
+
+@pytest.mark.parametrize("qos", ["0", "1", "2"])
+def test_count_completes_at_every_qos(
+    qos: str, start_agent: AgentFactory, collector: Collector, tmp_path: Path
+) -> None:
+    proc = start_agent(1, "--qos", qos, "--count", "30", "--rate", "100")
+    assert proc.wait(30) == 0
+    assert saved_seq(tmp_path, 1) == 30
+    assert wait_until(lambda: collector.count(device_id(1)) >= 30, 5)
+    assert sorted(collector.snapshot()[device_id(1)]) == list(range(30))
