@@ -9,6 +9,7 @@ seconds per slice size, samples VmRSS from /proc/<pid>/status and prints the pea
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import random
@@ -54,9 +55,25 @@ def status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def make_certs(d: Path) -> list[str]:
+    """Throwaway CA + server cert for localhost; returns the mosquitto listener options."""
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=bench-ca")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=localhost")  # fmt: skip
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    ssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.crt", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+    return [f"cafile {d}/ca.crt", f"certfile {d}/srv.crt", f"keyfile {d}/srv.key"]
+
+
 def measure(cmd: list[str], data: Path, work: Path, port: int, rate: float, duration: float):
     state = work / f"state-{data.stem}"
-    argv = [*cmd, "--broker", "127.0.0.1", "--port", str(port), "--dataset", str(data),
+    argv = [*cmd, "--port", str(port), "--dataset", str(data),
             "--state-dir", str(state), "--device-id", "02:42:ac:11:00:01",
             "--rate", str(rate), "--log-level", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "agent")})
@@ -80,6 +97,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[2000, 135000])
     parser.add_argument("--pyz", help="measure this edge-agent.pyz instead of python -m edge_agent")
     parser.add_argument("--python", default=sys.executable, help="interpreter to run the agent")
+    parser.add_argument("--tls", action="store_true", help="TLS listener (needs openssl)")
     args = parser.parse_args()
     cmd = [args.python, args.pyz] if args.pyz else [args.python, "-m", "edge_agent"]
 
@@ -87,19 +105,37 @@ def main() -> int:
         work = Path(tmp)
         port = free_port()
         conf = work / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        options = make_certs(work) if args.tls else []
+        conf.write_text(
+            "\n".join([f"listener {port} 127.0.0.1", "allow_anonymous true", *options])
+            # as root, mosquitto would switch to user "mosquitto", who cannot read our tmp dir
+            + (f"\nuser {getpass.getuser()}\n" if os.geteuid() == 0 else "\n")
+        )
+        if args.tls:  # hostname verification needs the name on the certificate
+            cmd += ["--broker", "localhost", "--tls-ca", str(work / "ca.crt")]
+        else:
+            cmd += ["--broker", "127.0.0.1"]
         broker = subprocess.Popen(
             ["/usr/sbin/mosquitto", "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            time.sleep(0.5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                raise SystemExit("mosquitto did not start")
             version = subprocess.run(
                 [args.python, "--version"], capture_output=True, text=True
             ).stdout.strip()
             print(
-                f"{' '.join(cmd[1:])} on {args.python} ({version}), rate {args.rate}/s, "
+                f"{args.pyz or '-m edge_agent'} on {args.python} ({version}), "
+                f"{'TLS' if args.tls else 'plain TCP'}, rate {args.rate}/s, "
                 f"{args.duration:.0f} s per slice"
             )
             for rows in args.rows:
