@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from .fleet_helpers import (
+from fleet_helpers import (
     PlaybookRun,
     ansible_playbook,
     fleet_containers,
