@@ -1,0 +1,109 @@
+"""FastClient parses a PUBLISH stream in any split, hands it over in order, batches PUBACKs."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from edge_consumer.fastclient import SUPPORTED, FastClient
+
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="paho internals differ: stock client used")
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish(topic: str, payload: bytes, qos: int, mid: int, props: bytes = b"\x00") -> bytes:
+    body = struct.pack("!H", len(topic)) + topic.encode()
+    if qos:
+        body += struct.pack("!H", mid)
+    body += props + payload
+    return bytes([0x30 | (qos << 1)]) + varint(len(body)) + body
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[FastClient, socket.socket, list[tuple[str, bytes]]]]:
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client = FastClient(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id="t",
+        protocol=mqtt.MQTTv5,
+    )
+    got: list[tuple[str, bytes]] = []
+    client.on_fast_message = lambda topic, payload, retain: got.append((topic.decode(), payload))
+    client.on_message = lambda _c, _u, msg: got.append((msg.topic, msg.payload))
+    client._sock = ours  # type: ignore[assignment]  # as if connected
+    yield client, broker, got
+    client._sock = None
+    ours.close()
+    broker.close()
+
+
+def pump(client: FastClient, broker: socket.socket, data: bytes, rng: random.Random) -> None:
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 2, 3, 7, 50, 300, 5000, 70000])
+        broker.sendall(data[pos : pos + step])
+        pos += step
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    for _ in range(5):
+        client.loop_read()
+
+
+def acked(broker: socket.socket) -> list[int]:
+    broker.setblocking(False)
+    data = b""
+    try:
+        while True:
+            data += broker.recv(65536)
+    except BlockingIOError:
+        pass
+    mids = []
+    for i in range(0, len(data), 4):
+        header, length, mid = struct.unpack("!BBH", data[i : i + 4])
+        assert (header, length) == (0x40, 2)
+        mids.append(mid)
+    return mids
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stream_in_random_splits(wired: tuple[FastClient, socket.socket, list], seed: int) -> None:
+    client, broker, got = wired
+    rng = random.Random(seed)
+    expected = []
+    stream = b""
+    for i in range(400):
+        topic = f"iot/telemetry/dev{i % 7}"
+        payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 5, 200, 3000])))
+        qos = i % 2
+        props = b"\x00" if i % 13 else b"\x02\x01\x01"  # payload-format property: paho path
+        stream += publish(topic, payload, qos, mid=i + 1, props=props)
+        expected.append((topic, payload))
+    pump(client, broker, stream, rng)
+    assert got == expected
+    assert sorted(acked(broker)) == [i + 1 for i in range(400) if i % 2]
+
+
+def test_pingresp_and_suback_go_to_paho(wired: tuple[FastClient, socket.socket, list]) -> None:
+    client, broker, got = wired
+    stream = publish("a/b", b"1", 1, 9) + b"\xd0\x00" + publish("a/c", b"2", 0, 0)
+    pump(client, broker, stream, random.Random(0))
+    assert got == [("a/b", b"1"), ("a/c", b"2")]
+    assert acked(broker) == [9]
+
+
+def test_closed_connection_is_reported(wired: tuple[FastClient, socket.socket, list]) -> None:
+    client, broker, _ = wired
+    broker.shutdown(socket.SHUT_WR)
+    assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
