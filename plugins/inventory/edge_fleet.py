@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ansible import constants as C
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
@@ -64,9 +65,15 @@ options:
     description:
       - CPU architecture of the fleet. C(arm64) makes every device and the broker arm64.
       - With C(amd64), I(arm64_count) devices can still be arm64 (a mixed fleet).
+      - Precedence, highest first, C(-e emulated_arch=arm64), the config file, the environment,
+        the default.
     type: str
     default: amd64
     choices: [amd64, arm64]
+    env:
+      - name: EDGE_FLEET_ARCHITECTURE
+    vars:
+      - name: emulated_arch
   arm64_count:
     description:
       - In an C(amd64) fleet, how many devices are arm64. The lowest-numbered devices are chosen,
@@ -129,12 +136,14 @@ ssh_port_base: 22000
 
 # Override the size from the command line (wins over the file):
 #   ansible-inventory -i inventories/emulated --graph -e device_count=5
+# Make the whole fleet arm64 (QEMU user-mode emulation on an amd64 controller):
+#   ansible-playbook site.yml -e emulated_arch=arm64
 """
 
 MAX_DEVICES = 10000
 
-# Options whose DOCUMENTATION lists `vars` under the same name: extra vars override them.
-VAR_OPTIONS = ("device_count", "arm64_count")
+# Options whose DOCUMENTATION lists `vars`: extra vars of those names override them.
+VAR_OPTIONS = ("device_count", "arm64_count", "architecture")
 
 # Sensor MACs of the published dataset, sorted; device n replays SOURCE_MACS[(n - 1) % 3].
 # This is the dataset slicer's assignment rule, so the two must change together.
@@ -294,9 +303,11 @@ class InventoryModule(BaseInventoryPlugin):
         opposite, as everywhere else in Ansible.
         """
         extra = self._vars if isinstance(self._vars, Mapping) else {}
+        definitions = C.config.get_configuration_definitions("inventory", self._load_name)
         for option in VAR_OPTIONS:
-            if option in extra:
-                self.set_option(option, extra[option])
+            for source in definitions.get(option, {}).get("vars", [{"name": option}]):
+                if source["name"] in extra:
+                    self.set_option(option, extra[source["name"]])
 
     def _set_address(self, host: str, connection: str, ssh_port: int) -> None:
         if connection == "docker":

@@ -161,6 +161,32 @@ def test_arm64_architecture_makes_every_host_arm64(tmp_path):
     assert hostvars(data, "pi-0001")["fleet_arm64_count"] == 4
 
 
+def test_extra_var_emulated_arch_beats_the_file(tmp_path):
+    # fleet.edge_fleet.yml sets architecture: amd64; -e emulated_arch=arm64 must still win.
+    data = inventory_list(EMULATED, "-e", "emulated_arch=arm64")
+
+    assert {hostvars(data, h)["device_arch"] for h in [*devices(data), "edge-broker"]} == {"arm64"}
+    assert hostvars(data, "pi-0001")["fleet_architecture"] == "arm64"
+    assert hostvars(data, "pi-0001")["fleet_arm64_count"] == 3
+
+
+def test_architecture_from_environment_when_file_is_silent(tmp_path):
+    source = write_source(tmp_path, "device_count: 2\n")
+
+    data = inventory_list(source, env={"EDGE_FLEET_ARCHITECTURE": "arm64"})
+
+    assert {hostvars(data, h)["device_arch"] for h in [*devices(data), "edge-broker"]} == {"arm64"}
+
+
+def test_unknown_emulated_arch_is_rejected():
+    # set_option checks the documented choices, so a bad -e value cannot slip past them.
+    done = run_inventory(EMULATED, "--list", "-e", "emulated_arch=x86")
+
+    assert done.returncode != 0
+    assert "Invalid value 'x86' for config 'architecture'" in done.stderr
+    assert "Valid values are: amd64, arm64" in done.stderr
+
+
 def test_arm64_count_above_device_count_fails():
     done = run_inventory(EMULATED, "--list", "-e", "device_count=2", "-e", "arm64_count=3")
 
