@@ -245,9 +245,15 @@ def report(result: dict[str, Any], total: int) -> tuple[bool, float]:
         f" gaps={t['gaps']} duplicates={t['duplicates']} devices={t['devices']}"
         f" exit={result['rc']}"
     )
+    cpu = t.get("cpu_s") or 0.0
+    per_cpu = t["received"] / cpu if cpu > 0 else 0.0
     print(
         f"[{result['phase']}] consumer rate: {rate:,.0f} msg/s over {span:.2f} s"
         f" (target {TARGET:,}); accounting exact: {'yes' if exact else 'NO'}"
+    )
+    print(
+        f"[{result['phase']}] consumer CPU: {cpu:.2f} s in total (start-up included),"
+        f" {per_cpu:,.0f} msg per CPU-second"
     )
     if result["phase"] == "live":
         print(
