@@ -62,6 +62,7 @@ class Subscriber:
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         self.client = client
         client.on_message = self._make_on_message(emit, emit_status)
 
@@ -105,6 +106,9 @@ class Subscriber:
             [(f"{self.config.topic_prefix}/+", 1), (f"{self.config.status_prefix}/+", 1)]
         )
         self.connected.set()
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        log.warning("cannot reach %s:%d; retrying with backoff", self.config.host, self.config.port)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
