@@ -100,6 +100,7 @@ def run(config: ConsumerConfig) -> int:
     summary = build_summary(acc, elapsed)
     # CPU seconds of the whole process: msg per CPU-second is comparable across busy machines.
     summary["totals"]["cpu_s"] = round(time.process_time(), 3)
+    summary["totals"]["consumer_connects"] = sub.connects
     if check is not None:
         summary["fleet_check"] = {
             "met": check.met,

@@ -197,3 +197,28 @@ def test_unreachable_broker_fails_the_fleet_check(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "never connected" in proc.stderr and "fleet check failed" in proc.stderr
+
+
+def test_reconnects_after_a_broker_restart_without_losing_messages(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    consumer = Consumer(
+        mosquitto, tmp_path, "--persistent", "--client-id", "restart-consumer", "--format", "none",
+        "--expect", "1", "--min-messages", "20", "--timeout", "60",
+    )  # fmt: skip
+    pub = Publisher(mosquitto)
+    for seq in range(10):
+        pub.send(f"iot/telemetry/{A}", message(A, seq))
+    pub.close()
+    mosquitto.stop()
+    mosquitto.start()
+    pub = Publisher(mosquitto)
+    try:
+        for seq in range(10, 20):  # queued in the consumer's session until it is back
+            pub.send(f"iot/telemetry/{A}", message(A, seq))
+        rc, _, err = consumer.wait(60)
+    finally:
+        pub.close()
+    assert rc == 0, err
+    t = consumer.result()["totals"]
+    assert (t["valid"], t["gaps"], t["consumer_connects"]) == (20, 0, 2)
