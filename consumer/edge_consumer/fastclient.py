@@ -14,11 +14,13 @@ per PUBACK. This subclass changes only the receive side:
   so QoS 1 still acknowledges only processed messages.
 
 It overrides private paho methods, so it is used only when they look as expected
-(paho-mqtt 2.x; the dependency is pinned <3); otherwise the stock Client is used.
+(paho-mqtt 2.x; the dependency is pinned <3); otherwise, or with EDGE_CONSUMER_STOCK_PAHO=1,
+the stock Client is used.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from typing import Any, Callable, Optional
@@ -194,4 +196,7 @@ class FastClient(mqtt.Client):
 
 
 def make_client(**kwargs: Any) -> mqtt.Client:
-    return FastClient(**kwargs) if SUPPORTED else mqtt.Client(**kwargs)
+    # EDGE_CONSUMER_STOCK_PAHO=1 is the escape hatch should the fast path ever misbehave.
+    if SUPPORTED and not os.environ.get("EDGE_CONSUMER_STOCK_PAHO"):
+        return FastClient(**kwargs)
+    return mqtt.Client(**kwargs)

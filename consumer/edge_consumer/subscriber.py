@@ -63,6 +63,7 @@ class Subscriber:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         self.client = client
         client.on_message = self._make_on_message(emit, emit_status)
 
@@ -107,6 +108,11 @@ class Subscriber:
         )
         self.connected.set()
 
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:  # e.g. an ACL: we would wait for telemetry that can never arrive
+            log.error("broker refused a subscription: %s", ", ".join(refused))
+
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         log.warning("cannot reach %s:%d; retrying with backoff", self.config.host, self.config.port)
 
@@ -150,19 +156,27 @@ class Subscriber:
                 except (OSError, ValueError):
                     output_failed()
 
+        def safe_process(topic: Optional[str], payload: bytes, retained: bool) -> None:
+            # Validation never raises by design; this guard (free unless it fires) keeps a
+            # bug from killing paho's thread and silently stalling the consumer.
+            try:
+                process(topic, payload, retained)
+            except Exception:
+                log.exception("failed to process a message on %r", topic)
+
         def on_fast_message(topic: bytes, payload: bytes, retained: bool) -> None:
             try:
                 name: Optional[str] = topic.decode("utf-8")
             except UnicodeDecodeError:
                 name = None
-            process(name, payload, retained)
+            safe_process(name, payload, retained)
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             try:
                 name: Optional[str] = msg.topic
             except UnicodeDecodeError:
                 name = None
-            process(name, msg.payload, bool(msg.retain))
+            safe_process(name, msg.payload, bool(msg.retain))
 
         if isinstance(self.client, FastClient):
             self.client.on_fast_message = on_fast_message
