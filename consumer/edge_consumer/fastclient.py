@@ -36,6 +36,7 @@ _HOOKS = (
     "_handle_publish",
     "_handle_on_message",
     "_packet_queue",
+    "_packet_write",
     "_loop_rc_handle",
     "_create_socket",
 )
@@ -114,7 +115,23 @@ class FastClient(mqtt.Client):
     def _flush_acks(self) -> None:
         acks = self._acks
         if acks and self._sock is not None:
-            self._packet_queue(_PUBACK, b"".join([_puback(_PUBACK, 2, m) for m in acks]), 0, 0)
+            packet = b"".join([_puback(_PUBACK, 2, m) for m in acks])
+            # We are on the network thread: queue and write at once, rather than through
+            # _packet_queue, which wakes select() via its socketpair (two more syscalls and
+            # another loop pass per batch). A partial write stays queued: want_write() then
+            # makes paho's loop finish it.
+            self._out_packet.append(
+                {
+                    "command": _PUBACK,
+                    "mid": 0,
+                    "qos": 0,
+                    "pos": 0,
+                    "to_process": len(packet),
+                    "packet": packet,
+                    "info": None,
+                }
+            )
+            self._packet_write()  # errors surface on the next read as a lost connection
         acks.clear()
 
     def _drain(self) -> MQTTErrorCode:

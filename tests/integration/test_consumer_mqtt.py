@@ -220,5 +220,7 @@ def test_reconnects_after_a_broker_restart_without_losing_messages(
     finally:
         pub.close()
     assert rc == 0, err
-    t = consumer.result()["totals"]
-    assert (t["valid"], t["gaps"], t["consumer_connects"]) == (20, 0, 2)
+    result = consumer.result()
+    # At least once: messages delivered but not yet acked when the broker stopped come again.
+    assert result["devices"][0]["distinct_seqs"] == 20
+    assert (result["totals"]["gaps"], result["totals"]["consumer_connects"]) == (0, 2)
