@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Run every benchmark in bench/ in turn; each prints its own numbers.
+
+The fleet benchmark (bench/fleet_scale.py) takes tens of minutes for 200 devices and is run on
+its own: `python bench/fleet_scale.py --devices 200`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+QUICK = ["inventory_speed.py", "slicer_speed.py", "agent_memory.py", "consumer_throughput.py"]
+
+
+def main() -> int:
+    failed = []
+    for script in QUICK:
+        print(f"==> {script}", flush=True)
+        if subprocess.run([sys.executable, str(BENCH / script)]).returncode != 0:
+            failed.append(script)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
