@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--source", metavar="PATH")
     p.add_argument("--allow-sources-mismatch", action="store_true", help=_SOURCES_HELP)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=(
+            "validate and compute the slices as a real run would, write nothing, and report what "
+            "would change ('X would be written, ... Z would be removed; manifest would be "
+            "written|unchanged')"
+        ),
+    )
 
     p = sub.add_parser(
         "sample",
@@ -110,12 +119,15 @@ def _slice(args: argparse.Namespace) -> int:
     check_sources(ds, args.allow_sources_mismatch)
     kind = "SYNTHETIC replica" if ds.synthetic else "dataset"
     print(f"source: {path} ({source.why}; {kind}, {ds.rows:,} rows)")
-    result, _ = write_slices(ds, args.devices, args.out)
+    result, _ = write_slices(ds, args.devices, args.out, check=args.check)
     note = " (SYNTHETIC replica)" if ds.synthetic else ""
-    manifest = "manifest written" if result.manifest_written else "manifest unchanged"
+    # Ansible's changed_when matches "[1-9][0-9]* (written|removed)|manifest written" on a real
+    # run and "[1-9][0-9]* would be (written|removed)|manifest would be written" with --check.
+    would = "would be " if args.check else ""
+    manifest = f"manifest {would}written" if result.manifest_written else "manifest unchanged"
     print(
-        f"{args.devices} slices: {result.written} written, {result.unchanged} unchanged, "
-        f"{result.removed} removed; {manifest}{note}"
+        f"{args.devices} slices: {result.written} {would}written, {result.unchanged} unchanged, "
+        f"{result.removed} {would}removed; {manifest}{note}"
     )
     return 0
 

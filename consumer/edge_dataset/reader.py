@@ -1,8 +1,9 @@
 """Read and validate a dataset file in the published format.
 
-The fast path parses numbers with pandas' C reader and keeps each data line's original bytes, so
-slices copy the source text exactly. Only when something is wrong does a slower pass read every
-value as text to name the first bad column and its line number.
+The fast path reads the file once, parses numbers with pandas' C reader and locates each data line
+with numpy (no per-line Python objects), so slices copy the source text exactly. The sha256 (only
+when the replica marker needs it) runs in a thread beside the parse. Only when something is wrong
+does a slower pass read every value as text to name the first bad column and its line number.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import csv
 import hashlib
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +38,16 @@ class DatasetError(Exception):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A validated file: data lines (published quoting, no newline) and their parsed keys."""
+    """A validated file: its data lines (published quoting) and their parsed keys.
+
+    Line i is data[starts[i]:ends[i]] (no newline); every line is followed by one newline and the
+    next line starts right after it, so the data lines are data[starts[0]:] contiguously.
+    """
 
     path: str
-    lines: list[bytes]
+    data: bytes
+    starts: np.ndarray  # int64 per line
+    ends: np.ndarray  # int64 per line, exclusive, at the line's newline
     ts: np.ndarray  # float64 per line
     codes: np.ndarray  # index into devices per line
     devices: tuple[str, ...]  # distinct MACs, sorted
@@ -48,11 +57,40 @@ class Dataset:
 
     @property
     def rows(self) -> int:
-        return len(self.lines)
+        return len(self.starts)
+
+    def line(self, i: int) -> bytes:
+        return self.data[int(self.starts[i]) : int(self.ends[i])]
+
+    @cached_property
+    def lines(self) -> list[bytes]:
+        """Every data line as bytes (builds one object per line: the slicer avoids it)."""
+        return self.data[int(self.starts[0]) :].split(b"\n")[:-1]
 
     def rows_per_device(self) -> dict[str, int]:
         counts = np.bincount(self.codes, minlength=len(self.devices))
         return dict(zip(self.devices, counts.tolist()))
+
+
+def _line_bounds(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the data lines of raw, which ends with exactly one newline."""
+    newlines = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0x0A)
+    return newlines[:-1] + 1, newlines[1:]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parse(raw: bytes) -> pd.DataFrame:
+    return pd.read_csv(
+        io.BytesIO(raw),
+        dtype=_DTYPES,
+        keep_default_na=False,
+        na_values=[""],
+        skip_blank_lines=False,
+        engine="c",
+    )
 
 
 def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
@@ -63,7 +101,17 @@ def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
     except OSError as e:
         raise DatasetError(name, f"cannot read: {e.strerror or e}") from None
     marker = marker_digest(path)
-    digest = hashlib.sha256(raw).hexdigest() if (want_sha256 or marker) else None
+    # hashlib and pandas' tokenizer release the GIL: hash and parse overlap on a second core.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hashing = pool.submit(_sha256, raw) if (want_sha256 or marker) else None
+        try:
+            ds = _validate(name, raw, pool)
+        finally:
+            digest = hashing.result() if hashing else None
+    return Dataset(**ds, sha256=digest, synthetic=marker is not None and marker == digest)
+
+
+def _validate(name: str, raw: bytes, pool: ThreadPoolExecutor) -> dict:  # type: ignore[type-arg]
     if not raw or raw.isspace():  # isspace stops at the first other byte; strip() would copy
         raise DatasetError(name, "file is empty")
     raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -73,47 +121,43 @@ def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
         raw = raw.rstrip(b"\n") + b"\n"  # tolerate a missing or doubled final newline
     header_end = raw.index(b"\n")
     _check_header(name, raw[:header_end])
-    lines = raw.split(b"\n")[1:-1]
-    if not lines:
+    if len(raw) == header_end + 1:
         raise DatasetError(name, "has a header but no data rows")
 
+    parsing = pool.submit(_parse, raw)
+    starts, ends = _line_bounds(raw)  # numpy, beside the parse
+    quotes = int(np.count_nonzero(np.frombuffer(raw, dtype=np.uint8, offset=header_end) == 0x22))
     try:
-        frame = pd.read_csv(
-            io.BytesIO(raw),
-            dtype=_DTYPES,
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            engine="c",
-        )
+        frame = parsing.result()
     except pd.errors.ParserError as e:
         raise DatasetError(name, _field_count_message(str(e))) from None
     except (ValueError, TypeError):
         frame = None
     if frame is None or not _clean(frame):
-        _raise_first_bad_value(name, raw, lines)
-    if len(frame) != len(lines):
+        _raise_first_bad_value(name, raw, starts, ends)
+    if len(frame) != len(starts):
         raise DatasetError(
-            name, f"{len(lines)} data lines but {len(frame)} records: a quoted value spans lines"
+            name, f"{len(starts)} data lines but {len(frame)} records: a quoted value spans lines"
         )
 
-    quoted = raw.count(b'"', header_end) == _QUOTES_PER_LINE * len(lines)
+    quoted = quotes == _QUOTES_PER_LINE * len(starts)
     if not quoted:  # e.g. re-saved by a spreadsheet: quote values as published, text unchanged
         text = pd.read_csv(io.BytesIO(raw), dtype=str, na_filter=False, engine="c")
-        joined = ['"' + '","'.join(row) + '"' for row in text.itertuples(index=False)]
-        lines = [line.encode() for line in joined]
+        joined = ['"' + '","'.join(row) + '"\n' for row in text.itertuples(index=False)]
+        raw = raw[: header_end + 1] + "".join(joined).encode()
+        starts, ends = _line_bounds(raw)
 
     device = frame["device"].cat
-    return Dataset(
-        path=name,
-        lines=lines,
-        ts=frame["ts"].to_numpy(),
-        codes=device.codes.to_numpy().astype(np.intp),
-        devices=tuple(device.categories.tolist()),
-        quoted=quoted,
-        sha256=digest,
-        synthetic=marker is not None and marker == digest,
-    )
+    return {
+        "path": name,
+        "data": raw,
+        "starts": starts,
+        "ends": ends,
+        "ts": frame["ts"].to_numpy(),
+        "codes": device.codes.to_numpy().astype(np.intp),
+        "devices": tuple(device.categories.tolist()),
+        "quoted": quoted,
+    }
 
 
 def _check_header(name: str, line: bytes) -> None:
@@ -153,7 +197,7 @@ def _clean(frame: pd.DataFrame) -> bool:
     return all(_MAC.fullmatch(mac) for mac in device.categories)
 
 
-def _raise_first_bad_value(name: str, raw: bytes, lines: list[bytes]) -> None:
+def _raise_first_bad_value(name: str, raw: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
     """Read every value as text and raise for the first bad one, naming column and line."""
     try:
         text = pd.read_csv(
@@ -173,7 +217,8 @@ def _raise_first_bad_value(name: str, raw: bytes, lines: list[bytes]) -> None:
         raise DatasetError(name, "cannot parse the file (no single bad value found)")
     row, _, why = first
     line_no = row + 2  # the header is line 1
-    fields = next(csv.reader([lines[row].decode("utf-8", errors="replace")]), [])
+    line = raw[int(starts[row]) : int(ends[row])] if row < len(starts) else b""
+    fields = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
     if len(fields) != len(pub.COLUMNS):
         expected = len(pub.COLUMNS)
         raise DatasetError(name, f"line {line_no}: {len(fields)} fields, expected {expected}")

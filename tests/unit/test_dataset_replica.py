@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from edge_dataset import cli
 from edge_dataset import published as pub
+from edge_dataset import replica as replica_module
 from edge_dataset.reader import load
 from edge_dataset.replica import generate, marker_path
 from edge_dataset.report import differences, figures
 from edge_dataset.slicer import sensor_rows
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def replica() -> bytes:
-    return generate(0)  # a few seconds; shared by the module
+    return generate(0)  # the one full generation of the session (seconds on a busy host)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,35 @@ def test_sample_cli_is_deterministic_and_marked(
     report = capsys.readouterr().out
     assert "SYNTHETIC replica, not real data" in report
     assert "published figures: match" in report
+
+
+def test_replica_slices_are_marked_synthetic(
+    replica: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The default rule: no --source, no $EDGE_DATASET_SOURCE, no ./data file -> cached replica.
+    # generate(0) is the session's bytes (test_sample_cli_is_deterministic_and_marked checks a
+    # real second generation is identical); write_replica, the marker and the rule run for real.
+    real_generate = replica_module.generate
+    monkeypatch.setattr(
+        replica_module, "generate", lambda seed=0: replica if seed == 0 else real_generate(seed)
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGE_DATASET_SOURCE", raising=False)
+    assert cli.main(["slice", "--devices", "3", "--out", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC replica generated (seed 0)" in out
+    assert "3 slices: 3 written, 0 unchanged, 0 removed; manifest written (SYNTHETIC" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["synthetic"] is True
+    assert manifest["source"]["unique_rows"] == 405_171
+    assert cli.main(["slice", "--devices", "3", "--out", "out", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "cached SYNTHETIC replica" in out
+    assert "0 would be written, 3 unchanged, 0 would be removed; manifest unchanged" in out
+    # A file that no longer matches its marker is not labelled synthetic.
+    cached = tmp_path / ".cache/dataset/replica.csv"
+    cached.write_bytes(cached.read_bytes().replace(b'"22.', b'"23.', 1))
+    assert load(cached).synthetic is False

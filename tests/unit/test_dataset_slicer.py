@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -138,25 +139,6 @@ def test_one_source_device_needs_the_flag(
     assert cli.main(["slice", "--devices", "1", *args[3:], "--allow-sources-mismatch"]) == 0
 
 
-def test_replica_slices_are_marked_synthetic(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The default rule: no --source, no $EDGE_DATASET_SOURCE, no ./data file -> cached replica.
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EDGE_DATASET_SOURCE", raising=False)
-    assert cli.main(["slice", "--devices", "3", "--out", "out"]) == 0
-    out = capsys.readouterr().out
-    assert "SYNTHETIC replica generated (seed 0)" in out
-    assert "3 slices: 3 written, 0 unchanged, 0 removed; manifest written (SYNTHETIC" in out
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["synthetic"] is True
-    assert manifest["source"]["unique_rows"] == 405_171
-    # A file that no longer matches its marker is not labelled synthetic.
-    replica = tmp_path / ".cache/dataset/replica.csv"
-    replica.write_bytes(replica.read_bytes().replace(b'"22.', b'"23.', 1))
-    assert load(replica).synthetic is False
-
-
 def test_sensor_rows_drop_duplicates_only_when_identical(tmp_path: Path) -> None:
     ds = load(make_source(tmp_path))
     assert sum(len(r) for r in sensor_rows(ds)) == ds.rows - 2
@@ -168,3 +150,84 @@ def test_manifest_is_plain_sorted_indented_json(tmp_path: Path) -> None:
     expected = json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     assert text == expected
     assert json.loads(text)["devices"] == [asdict(w) for w in result_windows]
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+
+
+def test_check_on_up_to_date_dir_reports_nothing_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = make_source(tmp_path), tmp_path / "out"
+    args = ["slice", "--devices", "6", "--out", str(out), "--source", str(source)]
+    assert cli.main(args) == 0
+    assert (
+        "6 slices: 6 written, 0 unchanged, 0 removed; manifest written" in capsys.readouterr().out
+    )
+    before = snapshot(out)
+    assert cli.main([*args, "--check"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert (
+        line == "6 slices: 0 would be written, 6 unchanged, 0 would be removed; manifest unchanged"
+    )
+    assert not re.search(r"[1-9][0-9]* would be (written|removed)|manifest would be written", line)
+    assert snapshot(out) == before
+    assert cli.main(args) == 0  # a real rerun agrees, and its changed_when regex stays quiet
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == "6 slices: 0 written, 6 unchanged, 0 removed; manifest unchanged"
+    assert not re.search(r"[1-9][0-9]* (written|removed)|manifest written", line)
+
+
+@pytest.mark.parametrize(
+    ("n_devices", "summary"),
+    [
+        (
+            4,
+            "4 slices: 2 would be written, 2 unchanged, 2 would be removed; "
+            "manifest would be written",
+        ),
+        (
+            9,
+            "9 slices: 9 would be written, 0 unchanged, 0 would be removed; "
+            "manifest would be written",
+        ),
+    ],
+)
+def test_check_with_other_count_reports_changes_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n_devices: int, summary: str
+) -> None:
+    source, out = make_source(tmp_path), tmp_path / "out"
+    write_slices(load(source), 6, out)
+    before = snapshot(out)
+    args = ["slice", "--devices", str(n_devices), "--out", str(out), "--source", str(source)]
+    assert cli.main([*args, "--check"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == summary
+    assert re.search(r"[1-9][0-9]* would be (written|removed)|manifest would be written", line)
+    assert not re.search(r"[1-9][0-9]* (written|removed)|manifest written", line)
+    assert snapshot(out) == before
+    # The real run then does exactly what --check announced.
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == summary.replace("would be ", "")
+
+
+def test_check_without_out_dir_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = make_source(tmp_path), tmp_path / "missing" / "out"
+    args = ["slice", "--devices", "3", "--out", str(out), "--source", str(source), "--check"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "3 slices: 3 would be written, 0 unchanged, 0 would be removed; manifest would be written"
+    )
+    assert not (tmp_path / "missing").exists()
+
+
+def test_check_matches_the_real_run_results(tmp_path: Path) -> None:
+    source, out = make_source(tmp_path), tmp_path / "out"
+    write_slices(load(source), 5, out)
+    for n_devices in (5, 3, 8):
+        checked, check_windows = write_slices(load(source), n_devices, out, check=True)
+        real, real_windows = write_slices(load(source), n_devices, out)
+        assert checked == real and check_windows == real_windows
