@@ -40,7 +40,7 @@ options:
   memory_per_host_mb:
     description: Memory budget for one container, used by the capacity check.
     type: int
-    default: 48
+    default: 110
   pids_per_host:
     description: Process budget for one container, used by the capacity check.
     type: int
@@ -276,7 +276,7 @@ def main() -> None:
             "hosts": {"type": "list", "elements": "dict", "default": []},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "network": {"type": "str", "required": True},
-            "memory_per_host_mb": {"type": "int", "default": 48},
+            "memory_per_host_mb": {"type": "int", "default": 110},
             "pids_per_host": {"type": "int", "default": 40},
             "parallelism": {"type": "int", "default": 16},
             "boot_timeout": {"type": "int", "default": 180},
