@@ -38,7 +38,8 @@ class PlaybookRun:
         """Per-host counters from the PLAY RECAP."""
         hosts: dict[str, dict[str, int]] = {}
         for line in self.output.split("PLAY RECAP")[-1].splitlines():
-            match = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+            # Host lines only; profile_tasks' TASKS RECAP follows with lines like "role : task".
+            match = re.match(r"^(\S+)\s+:\s+(ok=\d+.*)$", line)
             if match:
                 hosts[match[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match[2])}
         return hosts
