@@ -61,7 +61,8 @@ class AgentConfig:
         return f"{self.status_prefix}/{self.device_id}"
 
 
-# --- value parsers: each raises ValueError with a short reason -------------------------
+# --- value parsers: each raises ValueError with a short reason ---------------------------
+# The parse_* ones are shared with the consumer, which reads the same MQTT settings.
 
 
 def _text(value: str) -> str:
@@ -70,7 +71,7 @@ def _text(value: str) -> str:
     return value
 
 
-def _port(value: str) -> int:
+def parse_port(value: str) -> int:
     try:
         port = int(value)
     except ValueError:
@@ -86,7 +87,7 @@ def _qos(value: str) -> int:
     return int(value)
 
 
-def _positive_float(value: str) -> float:
+def parse_positive_float(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -96,7 +97,7 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def _positive_int(value: str) -> int:
+def parse_positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -113,7 +114,7 @@ def _mac(value: str) -> str:
     return mac
 
 
-def _topic_prefix(value: str) -> str:
+def parse_topic_prefix(value: str) -> str:
     prefix = value.rstrip("/")
     if not prefix or any(c in prefix for c in "+#\0"):
         raise ValueError(f"{value!r} is not a valid topic prefix (no wildcards, not empty)")
@@ -140,20 +141,20 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("DEVICE_NAME", "device_name", "--device-name", _text, None),
     _Setting("DEVICE_ID", "device_id", "--device-id", _mac, None),
     _Setting("MQTT_BROKER", "broker", "--broker", _text, "localhost"),
-    _Setting("MQTT_PORT", "port", "--port", _port, "1883"),
+    _Setting("MQTT_PORT", "port", "--port", parse_port, "1883"),
     _Setting("MQTT_USERNAME", "username", "--username", _text, None),
     _Setting("MQTT_PASSWORD", "password", None, str, None),
     _Setting("MQTT_TLS_CA", "tls_ca", "--tls-ca", _text, None),
     _Setting("MQTT_TLS_CERT", "tls_cert", "--tls-cert", _text, None),
     _Setting("MQTT_TLS_KEY", "tls_key", "--tls-key", _text, None),
     _Setting("MQTT_CLIENT_ID", "client_id", "--client-id", _text, None),
-    _Setting("TOPIC_PREFIX", "topic_prefix", "--topic-prefix", _topic_prefix, "iot/telemetry"),
-    _Setting("STATUS_PREFIX", "status_prefix", "--status-prefix", _topic_prefix, "iot/status"),
+    _Setting("TOPIC_PREFIX", "topic_prefix", "--topic-prefix", parse_topic_prefix, "iot/telemetry"),
+    _Setting("STATUS_PREFIX", "status_prefix", "--status-prefix", parse_topic_prefix, "iot/status"),
     _Setting("QOS", "qos", "--qos", _qos, "1"),
-    _Setting("PUBLISH_INTERVAL", "interval", "--interval", _positive_float, "5.0"),
+    _Setting("PUBLISH_INTERVAL", "interval", "--interval", parse_positive_float, "5.0"),
     _Setting("DATASET_PATH", "dataset_path", "--dataset", _text, None),
     _Setting("STATE_DIR", "state_dir", "--state-dir", _text, "/var/lib/edge-agent"),
-    _Setting("QUEUE_SIZE", "queue_size", "--queue-size", _positive_int, "10000"),
+    _Setting("QUEUE_SIZE", "queue_size", "--queue-size", parse_positive_int, "10000"),
     _Setting("LOG_LEVEL", "log_level", "--log-level", _log_level, "INFO"),
 )
 CONFIG_KEYS = {s.env.lower(): s for s in SETTINGS}
@@ -282,9 +283,9 @@ def load_config(
 
     flag_only: dict[str, Any] = {"dry_run": args.dry_run, "config_path": args.config}
     for name, flag, parse in (
-        ("replay_speed", "--replay-speed", _positive_float),
-        ("rate", "--rate", _positive_float),
-        ("count", "--count", _positive_int),
+        ("replay_speed", "--replay-speed", parse_positive_float),
+        ("rate", "--rate", parse_positive_float),
+        ("count", "--count", parse_positive_int),
     ):
         raw = getattr(args, name)
         try:

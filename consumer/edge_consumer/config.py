@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
@@ -12,8 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, TypeVar
 
+from edge_agent.config import (
+    MAC_RE,
+    parse_port,
+    parse_positive_float,
+    parse_positive_int,
+    parse_topic_prefix,
+)
+
 PROG = "edge-consumer"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("pretty", "json", "none")
 T = TypeVar("T")
@@ -59,43 +64,6 @@ class ConsumerConfig:
 
 
 # --- value parsers: each raises ValueError with a short reason -------------------------
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a port number (1..65535)") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{port} is out of range (1..65535)")
-    return port
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{value!r} must be a number > 0")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise ValueError(f"{number} must be >= 1")
-    return number
-
-
-def _topic_prefix(value: str) -> str:
-    prefix = value.rstrip("/")
-    if not prefix or any(c in prefix for c in "+#\0"):
-        raise ValueError(f"{value!r} is not a valid topic prefix (no wildcards, not empty)")
-    return prefix
 
 
 def _readable_file(value: str) -> str:
@@ -199,7 +167,7 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
 
     host = pick(args.host, "MQTT_BROKER") or "localhost"
     port_raw = pick(args.port, "MQTT_PORT")
-    port = parse("--port" if args.port else "MQTT_PORT", port_raw, _port) if port_raw else 1883
+    port = parse("--port" if args.port else "MQTT_PORT", port_raw, parse_port) if port_raw else 1883
 
     password: Optional[str]
     if args.password_file is not None:
@@ -230,13 +198,13 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
     if live and not sys.stdout.isatty():
         raise ConfigError("--live", "needs a terminal; use --summary when output is captured")
 
-    expect = parse("--expect", args.expect, _positive_int) if args.expect else None
+    expect = parse("--expect", args.expect, parse_positive_int) if args.expect else None
     expect_ids = (
         (parse("--expect-ids", args.expect_ids, read_expect_ids)) if args.expect_ids else None
     )
     if expect is not None and expect_ids is not None:
         raise ConfigError("--expect", "use either --expect or --expect-ids, not both")
-    timeout = parse("--timeout", args.timeout, _positive_float) if args.timeout else None
+    timeout = parse("--timeout", args.timeout, parse_positive_float) if args.timeout else None
     if timeout is not None and expect is None and expect_ids is None:
         raise ConfigError("--timeout", "only applies to a fleet check (--expect/--expect-ids)")
 
@@ -250,17 +218,19 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
         tls_key=tls_key,
         client_id=client_id,
         persistent=bool(args.persistent),
-        topic_prefix=parse("--topic-prefix", args.topic_prefix, _topic_prefix),
-        status_prefix=parse("--status-prefix", args.status_prefix, _topic_prefix),
-        max_payload=parse("--max-payload", args.max_payload, _positive_int),
+        topic_prefix=parse("--topic-prefix", args.topic_prefix, parse_topic_prefix),
+        status_prefix=parse("--status-prefix", args.status_prefix, parse_topic_prefix),
+        max_payload=parse("--max-payload", args.max_payload, parse_positive_int),
         format=fmt,
         live=live,
         summary=bool(args.summary),
         summary_json=args.summary_json,
-        duration=parse("--duration", args.duration, _positive_float) if args.duration else None,
+        duration=parse("--duration", args.duration, parse_positive_float)
+        if args.duration
+        else None,
         expect=expect,
         expect_ids=expect_ids,
-        min_messages=parse("--min-messages", args.min_messages, _positive_int),
+        min_messages=parse("--min-messages", args.min_messages, parse_positive_int),
         timeout=timeout,
         log_level=args.log_level,
     )
