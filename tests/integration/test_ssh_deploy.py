@@ -7,6 +7,8 @@ group_vars and a generated hosts file that points at these hosts' loopback SSH p
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,8 +89,16 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
     assert f"fleet check met: {DEVICES} of {DEVICES}" in run.output
     recap = run.recap()
     assert set(recap) == {"localhost", f"{NAME}-broker", *(f"{NAME}-pi-{n:04d}" for n in (1, 2))}
-    # Every host was reached as `pi` and escalated with sudo: nothing ran through docker exec.
-    assert "ansible_connection" not in (inventory / "hosts.yml").read_text()
+    # Every host was reached over SSH as `pi` with its key, and escalated with sudo.
+    for name in recap.keys() - {"localhost"}:
+        journal = subprocess.run(
+            ["docker", "exec", name, "journalctl", "--no-pager", "-o", "cat"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "Accepted publickey for pi" in journal, name
+        assert re.search(r"\bpi : .*; USER=root ; COMMAND=", journal), name
 
     rerun = ansible_playbook("site.yml", "-i", str(inventory), *controller_view)
     assert rerun.rc == 0, rerun.output[-4000:]
