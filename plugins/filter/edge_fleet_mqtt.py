@@ -1,0 +1,75 @@
+"""Filters that turn the fleet's inventory into the broker's users and ACL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+
+def fleet_mqtt_users(credentials: dict[str, str]) -> list[dict[str, str]]:
+    """{user: password} -> [{name, password}], in a stable order (the password file's order)."""
+    if not isinstance(credentials, dict):
+        raise AnsibleFilterError("fleet_mqtt_users: expected a mapping of user name to password")
+    return [{"name": name, "password": credentials[name]} for name in sorted(credentials)]
+
+
+def fleet_device_ids(hosts: list[str], hostvars: Any) -> dict[str, str]:
+    """Each device's ID: the one its identity play recorded, else its inventory device_id."""
+    ids = {}
+    for host in hosts:
+        variables = hostvars[host]
+        ids[host] = str(
+            variables.get("edge_agent_device_id") or variables.get("device_id") or ""
+        ).lower()
+    return ids
+
+
+def fleet_mqtt_acl(
+    device_ids: dict[str, str],
+    consumer: str,
+    admin: str,
+    telemetry_prefix: str = "iot/telemetry",
+    status_prefix: str = "iot/status",
+) -> list[dict[str, Any]]:
+    """The fleet's policy: each device writes only its own two topics and reads nothing, the
+    consumer only reads telemetry and status, the admin may do anything."""
+    if not isinstance(device_ids, dict):
+        raise AnsibleFilterError("fleet_mqtt_acl: expected a mapping of device user to device ID")
+    acl: list[dict[str, Any]] = []
+    for user in sorted(device_ids):
+        device_id = str(device_ids[user] or "").lower()
+        if not device_id or any(c in device_id for c in "+#/"):
+            raise AnsibleFilterError(
+                f"fleet_mqtt_acl: {user} has no usable device ID ({device_id!r}); "
+                "run the identity play first or set device_id in the inventory"
+            )
+        acl.append(
+            {
+                "user": user,
+                "topics": [
+                    {"access": "write", "topic": f"{telemetry_prefix}/{device_id}"},
+                    {"access": "write", "topic": f"{status_prefix}/{device_id}"},
+                ],
+            }
+        )
+    acl.append(
+        {
+            "user": consumer,
+            "topics": [
+                {"access": "read", "topic": f"{telemetry_prefix}/+"},
+                {"access": "read", "topic": f"{status_prefix}/+"},
+            ],
+        }
+    )
+    acl.append({"user": admin, "topics": [{"access": "readwrite", "topic": "#"}]})
+    return acl
+
+
+class FilterModule:
+    def filters(self) -> dict[str, object]:
+        return {
+            "fleet_device_ids": fleet_device_ids,
+            "fleet_mqtt_users": fleet_mqtt_users,
+            "fleet_mqtt_acl": fleet_mqtt_acl,
+        }
