@@ -118,6 +118,10 @@ options:
     description: Port on the controller loopback where the broker's MQTT port is published.
     type: int
     default: 1883
+  mqtts_host_port:
+    description: Port on the controller loopback where the broker's MQTT-over-TLS port is published.
+    type: int
+    default: 8883
 """
 
 EXAMPLES = r"""
@@ -241,6 +245,7 @@ class InventoryModule(BaseInventoryPlugin):
         architecture = self.get_option("architecture")
         connection = self.get_option("connection")
         mqtt_port = parse_count("mqtt_host_port", self.get_option("mqtt_host_port"), 1, 65535)
+        mqtts_port = parse_count("mqtts_host_port", self.get_option("mqtts_host_port"), 1, 65535)
         ssh_base = parse_count("ssh_port_base", self.get_option("ssh_port_base"), 1, 65535 - count)
         if architecture == "arm64":
             arm64_count = count
@@ -266,6 +271,7 @@ class InventoryModule(BaseInventoryPlugin):
             "fleet_mac_prefix": mac_prefix,
             "fleet_connection": connection,
             "fleet_mqtt_host_port": mqtt_port,
+            "fleet_mqtts_host_port": mqtts_port,
         }
         if connection == "docker":
             # The short name routes to community.docker.docker; Mitogen takes over only this one.

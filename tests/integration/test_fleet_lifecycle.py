@@ -28,9 +28,12 @@ NAME = "edge-itest"
 def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     require_docker()
     directory = write_emulated_inventory(
-        tmp_path_factory.mktemp("inventory") / "emulated", NAME, mqtt_host_port=free_port()
+        tmp_path_factory.mktemp("inventory") / "emulated",
+        NAME,
+        mqtt_host_port=free_port(),
+        mqtts_host_port=free_port(),
     )
-    args = ["-i", str(directory), "-e", f"emulated_hosts_mqtts_host_port={free_port()}"]
+    args = ["-i", str(directory)]
     yield args
     ansible_playbook("playbooks/teardown.yml", *args)
 

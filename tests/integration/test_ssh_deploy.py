@@ -32,7 +32,7 @@ SSH_PORT_BASE = 22300
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     require_docker()
-    mqtt_port = free_port()
+    mqtt_port, mqtts_port = free_port(), free_port()
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("emulated") / "emulated",
         NAME,
@@ -40,11 +40,12 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
         connection="ssh",
         ssh_port_base=SSH_PORT_BASE,
         mqtt_host_port=mqtt_port,
+        mqtts_host_port=mqtts_port,
     )
-    args = ["-i", str(directory), "-e", f"emulated_hosts_mqtts_host_port={free_port()}"]
+    args = ["-i", str(directory)]
     run = ansible_playbook("playbooks/emulated_hosts.yml", *args)
     assert run.rc == 0, run.output[-3000:]
-    yield {"mqtt_port": mqtt_port}
+    yield {"mqtt_port": mqtt_port, "mqtts_port": mqtts_port}
     ansible_playbook("playbooks/teardown.yml", *args)
 
 
@@ -83,6 +84,7 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
     controller_view = [
         "-e", "fleet_consumer_broker_host=127.0.0.1",
         "-e", f"fleet_mqtt_host_port={emulated['mqtt_port']}",
+        "-e", f"fleet_mqtts_host_port={emulated['mqtts_port']}",
     ]  # fmt: skip
     run = ansible_playbook("site.yml", "-i", str(inventory), *controller_view)
     assert run.rc == 0, run.output[-4000:]

@@ -1,0 +1,244 @@
+"""The deployed fleet is secure by default: authentication, per-device ACLs, TLS.
+
+One emulated fleet of 2 devices deployed by site.yml; every check talks to its real broker
+from the controller with paho-mqtt. Each check fails if its protection is removed, and its
+positive twin proves that the client itself works.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from fleet_helpers import (
+    ROOT,
+    ansible_playbook,
+    free_port,
+    require_docker,
+    write_emulated_inventory,
+)
+
+pytestmark = pytest.mark.fleet
+
+NAME = "edge-sectest"
+CACHE = ROOT / ".cache" / "fleet" / NAME
+
+
+@dataclass
+class Fleet:
+    port: int  # TLS, published on the controller's loopback
+    plain_port: int  # plaintext, published on the controller's loopback
+    ca: Path
+    passwords: dict[str, str]
+    device_ids: dict[str, str]  # user -> device ID
+    broker_ip: str
+    deploy_output: str
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    require_docker()
+    port, plain_port = free_port(), free_port()
+    directory = write_emulated_inventory(
+        tmp_path_factory.mktemp("inventory") / "emulated",
+        NAME,
+        mqtt_host_port=plain_port,
+        mqtts_host_port=port,
+        device_count=2,
+    )
+    args = ["-i", str(directory)]
+    run = ansible_playbook("site.yml", "-v", *args)
+    try:
+        assert run.rc == 0, run.output[-3000:]
+        passwords = yaml.safe_load((CACHE / "secrets" / "mqtt-credentials.yml").read_text())
+        ids = {
+            f"{NAME}-pi-000{n}": docker(
+                "exec", f"{NAME}-pi-000{n}", "cat", "/sys/class/net/eth0/address"
+            ).strip()
+            for n in (1, 2)
+        }
+        broker_ip = docker(
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            f"{NAME}-broker",
+        ).strip()
+        yield Fleet(
+            port,
+            plain_port,
+            CACHE / "pki" / "ca.crt",
+            passwords["mqtt_users"],
+            ids,
+            broker_ip,
+            run.output,
+        )
+    finally:
+        ansible_playbook("playbooks/teardown.yml", *args)
+
+
+class Client:
+    """A paho client that records its CONNACK and what it receives."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        user: Optional[str],
+        password: Optional[str] = None,
+        host: str = "127.0.0.1",
+        port: Optional[int] = None,
+        ca: Optional[Path] = None,
+        tls: bool = True,
+    ) -> None:
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"sectest-{uuid.uuid4().hex[:8]}"
+        )
+        if user is not None:
+            self.client.username_pw_set(
+                user, password if password is not None else fleet.passwords[user]
+            )
+        if tls:
+            self.client.tls_set(ca_certs=str(ca or fleet.ca))
+        self.connack: Optional[Any] = None
+        self.error: Optional[BaseException] = None
+        self.received: list[tuple[str, bytes]] = []
+        self.connected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda _c, _u, msg: self.received.append((msg.topic, msg.payload))
+        try:
+            self.client.connect(host, port or fleet.port, keepalive=10)
+        except (OSError, ssl.SSLError) as exc:
+            self.error = exc
+            return
+        self.client.loop_start()
+        self.connected.wait(10)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connack = reason
+        self.connected.set()
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None and self.connack is not None and not self.connack.is_failure
+
+    def close(self) -> None:
+        if self.error is None:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def test_the_consumer_and_the_devices_log_in(fleet: Fleet) -> None:
+    consumer = Client(fleet, "consumer")
+    consumer.client.subscribe("iot/telemetry/+", qos=1)
+    time.sleep(6)
+    consumer.close()
+    assert consumer.accepted
+    heard = {json.loads(payload)["device_id"] for _topic, payload in consumer.received}
+    assert heard == set(fleet.device_ids.values())
+
+
+def test_anonymous_connect_is_refused(fleet: Fleet) -> None:
+    anonymous = Client(fleet, None)
+    anonymous.close()
+    assert not anonymous.accepted
+    assert anonymous.connack is None or "authori" in str(anonymous.connack).lower()
+
+
+def test_a_wrong_password_is_refused(fleet: Fleet) -> None:
+    wrong = Client(fleet, "consumer", "not-the-password")
+    wrong.close()
+    assert not wrong.accepted
+
+
+def test_device_a_cannot_publish_as_device_b(fleet: Fleet) -> None:
+    device_a, device_b = sorted(fleet.device_ids)
+    topic_b = f"iot/telemetry/{fleet.device_ids[device_b]}"
+    consumer = Client(fleet, "consumer")
+    consumer.client.subscribe(topic_b, qos=1)
+    forger = Client(fleet, device_a)
+    assert forger.accepted
+    marker = f"forged-{uuid.uuid4().hex}".encode()
+    forger.client.publish(topic_b, marker, qos=1).wait_for_publish(5)
+    time.sleep(6)  # device B publishes meanwhile, so the consumer hears B itself
+    forger.close()
+    consumer.close()
+    payloads = [payload for _topic, payload in consumer.received]
+    assert payloads, "the consumer heard nothing from device B at all"
+    assert marker not in payloads
+
+
+def test_device_a_subscribing_to_everything_receives_nothing(fleet: Fleet) -> None:
+    device_a = sorted(fleet.device_ids)[0]
+    spy = Client(fleet, device_a)
+    spy.client.subscribe("iot/#", qos=1)
+    time.sleep(6)
+    spy.close()
+    assert spy.accepted
+    assert spy.received == []
+
+
+def test_the_consumer_cannot_publish(fleet: Fleet) -> None:
+    admin = Client(fleet, "admin")
+    admin.client.subscribe("iot/#", qos=1)
+    consumer = Client(fleet, "consumer")
+    marker = f"consumer-{uuid.uuid4().hex}".encode()
+    consumer.client.publish("iot/telemetry/ff:ff:ff:ff:ff:ff", marker, qos=1).wait_for_publish(5)
+    time.sleep(3)
+    consumer.close()
+    admin.close()
+    assert admin.accepted and admin.received, "the admin should see the fleet's own traffic"
+    assert marker not in [payload for _topic, payload in admin.received]
+
+
+def test_tls_with_another_ca_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+    other_ca = tmp_path / "other-ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(tmp_path / "k.pem"), "-out", str(other_ca), "-days", "1",
+         "-subj", "/CN=not the fleet CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    stranger = Client(fleet, "consumer", ca=other_ca)
+    stranger.close()
+    assert isinstance(stranger.error, ssl.SSLCertVerificationError), stranger.error
+
+
+def test_a_host_name_mismatch_is_refused(fleet: Fleet) -> None:
+    # The broker's address on the fleet network is not among the names its certificate carries.
+    direct = Client(fleet, "consumer", host=fleet.broker_ip, port=8883)
+    direct.close()
+    assert isinstance(direct.error, ssl.SSLCertVerificationError), direct.error
+    assert "mismatch" in str(direct.error) or "match" in str(direct.error)
+
+
+def test_plaintext_is_refused_when_tls_is_on(fleet: Fleet) -> None:
+    for host, port in (("127.0.0.1", fleet.plain_port), (fleet.broker_ip, 1883)):
+        plain = Client(fleet, "consumer", host=host, port=port, tls=False)
+        plain.close()
+        assert not plain.accepted, f"plaintext MQTT accepted on {host}:{port}"
+
+
+def test_credentials_stay_out_of_ansible_output_and_journals(fleet: Fleet) -> None:
+    journals = "".join(
+        docker("exec", name, "journalctl", "--no-pager", "-o", "cat")
+        for name in [f"{NAME}-broker", *fleet.device_ids]
+    )
+    env_files = docker("exec", f"{NAME}-pi-0001", "cat", "/etc/edge-agent/agent.env")
+    assert fleet.passwords[f"{NAME}-pi-0001"] in env_files  # the check below can find them
+    for user, password in fleet.passwords.items():
+        assert password not in fleet.deploy_output, f"{user}'s password in ansible-playbook -v"
+        assert password not in journals, f"{user}'s password in a journal"
