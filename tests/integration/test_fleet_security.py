@@ -103,6 +103,7 @@ class Client:
         port: Optional[int] = None,
         ca: Optional[Path] = None,
         tls: bool = True,
+        cert: Optional[tuple[Path, Path]] = None,
     ) -> None:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"sectest-{uuid.uuid4().hex[:8]}"
@@ -112,7 +113,8 @@ class Client:
                 user, password if password is not None else fleet.passwords[user]
             )
         if tls:
-            self.client.tls_set(ca_certs=str(ca or fleet.ca))
+            certfile, keyfile = (str(cert[0]), str(cert[1])) if cert else (None, None)
+            self.client.tls_set(ca_certs=str(ca or fleet.ca), certfile=certfile, keyfile=keyfile)
         self.connack: Optional[Any] = None
         self.error: Optional[BaseException] = None
         self.received: list[tuple[str, bytes]] = []
@@ -242,3 +244,46 @@ def test_credentials_stay_out_of_ansible_output_and_journals(fleet: Fleet) -> No
     for user, password in fleet.passwords.items():
         assert password not in fleet.deploy_output, f"{user}'s password in ansible-playbook -v"
         assert password not in journals, f"{user}'s password in a journal"
+
+
+MTLS_NAME = "edge-mtlstest"
+
+
+@pytest.fixture(scope="module")
+def mtls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One device, with fleet_mqtt_mtls on: every client must also present a certificate."""
+    require_docker()
+    port = free_port()
+    directory = write_emulated_inventory(
+        tmp_path_factory.mktemp("inventory") / "emulated",
+        MTLS_NAME,
+        mqtt_host_port=free_port(),
+        mqtts_host_port=port,
+        device_count=1,
+    )
+    args = ["-i", str(directory), "-e", "fleet_mqtt_mtls=true"]
+    run = ansible_playbook("site.yml", *args)
+    try:
+        assert run.rc == 0, run.output[-3000:]
+        assert "fleet check met: 1 of 1" in run.output
+        cache = ROOT / ".cache" / "fleet" / MTLS_NAME
+        passwords = yaml.safe_load((cache / "secrets" / "mqtt-credentials.yml").read_text())
+        yield Fleet(port, 0, cache / "pki" / "ca.crt", passwords["mqtt_users"], {}, "", run.output)
+    finally:
+        ansible_playbook("playbooks/teardown.yml", *args)
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_fleet_ca(mtls_fleet: Fleet) -> None:
+    clients = mtls_fleet.ca.parent / "clients"
+    with_cert = Client(
+        mtls_fleet, "consumer", cert=(clients / "consumer.crt", clients / "consumer.key")
+    )
+    with_cert.close()
+    assert with_cert.accepted, with_cert.error or with_cert.connack
+    without_cert = Client(mtls_fleet, "consumer")
+    without_cert.close()
+    assert not without_cert.accepted
+    key_mode = docker(
+        "exec", f"{MTLS_NAME}-pi-0001", "stat", "-c", "%a %U", "/etc/edge-agent/client.key"
+    )
+    assert key_mode.split() == ["600", "edge-agent"]
