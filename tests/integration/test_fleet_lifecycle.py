@@ -95,3 +95,37 @@ def test_bad_device_count_fails_before_any_host_is_touched(tmp_path: Path, count
     assert run.rc != 0
     assert f"device_count must be a whole number from 1 to 10000, got '{count}'" in run.output
     assert fleet_containers(name) == []
+
+
+HEADER = "ts,device,co,humidity,light,lpg,motion,smoke,temp\n"
+ROW = "1594512094.38,{mac},0.004,51.0,false,0.007,false,0.02,22.7\n"
+MACS = ["00:0f:00:70:91:0a", "1c:bf:ce:15:ec:4d", "b8:27:eb:bf:9d:51"]
+BAD_DATASETS = {
+    "missing": (None, "cannot read: No such file or directory"),
+    "empty": ("", "file is empty"),
+    "wrong-header": ("a,b,c\n1,2,3\n", "header lacks columns"),
+    "non-numeric": (
+        HEADER
+        + "".join(ROW.format(mac=m) for m in MACS)
+        + ROW.format(mac=MACS[0]).replace("51.0", "wet"),
+        "line 5: column 'humidity' is 'wet' not a finite number",
+    ),
+    "one-device": (HEADER + ROW.format(mac=MACS[0]) * 3, "expected 3 source devices, found 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_dataset_fails_before_any_host_is_touched(tmp_path: Path, case: str) -> None:
+    require_docker()
+    content, message = BAD_DATASETS[case]
+    dataset = tmp_path / "dataset.csv"
+    if content is not None:
+        dataset.write_text(content)
+    name = "edge-baddata"
+    directory = write_emulated_inventory(tmp_path / "emulated", name)
+    run = ansible_playbook(
+        "site.yml", "-i", str(directory), "-e", f"fleet_dataset_source={dataset}"
+    )
+    assert run.rc != 0
+    assert message in run.output, run.output[-2000:]
+    assert fleet_containers(name) == []
