@@ -129,3 +129,25 @@ def test_bad_dataset_fails_before_any_host_is_touched(tmp_path: Path, case: str)
     assert run.rc != 0
     assert message in run.output, run.output[-2000:]
     assert fleet_containers(name) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        (
+            "emulated_hosts_state=gone",
+            "value of emulated_hosts_state must be one of: present, absent",
+        ),
+        ("emulated_hosts_boot_timeout=soon", "emulated_hosts_boot_timeout"),
+    ],
+)
+def test_bad_role_variable_fails_before_any_host_is_touched(
+    tmp_path: Path, variable: str, message: str
+) -> None:
+    require_docker()
+    name = "edge-badvar"
+    directory = write_emulated_inventory(tmp_path / "emulated", name)
+    run = ansible_playbook("site.yml", "-i", str(directory), "-e", variable)
+    assert run.rc != 0
+    assert message in run.output, run.output[-2000:]
+    assert fleet_containers(name) == []
