@@ -6,6 +6,8 @@ broker container and the real consumer verifying the fleet.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +66,60 @@ def test_check_mode_runs_clean_against_the_fleet(inventory: list[str]) -> None:
     run = site(inventory, 4, "--check")
     assert run.rc == 0, run.output[-3000:]
     assert run.total("changed") == 0, run.recap()
+
+
+BAD_AGENT_CONFIG = {
+    # name: (shell command run on the device, text the journal must show)
+    "bad-port": (
+        "sed -i 's/^MQTT_PORT=.*/MQTT_PORT=99999/' /etc/edge-agent/agent.env",
+        "MQTT_PORT",
+    ),
+    "bad-qos": ("sed -i 's/^QOS=.*/QOS=7/' /etc/edge-agent/agent.env", "QOS"),
+    "missing-slice": ("mv /opt/edge-agent/slice.csv /opt/edge-agent/slice.csv.away", "slice.csv"),
+    "unreadable-state": (
+        "cd /var/lib/edge-agent && chown root:root state.json && chmod 0600 state.json",
+        "state.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_AGENT_CONFIG))
+def test_agent_config_error_stops_the_service_without_a_crash_loop(
+    inventory: list[str], case: str
+) -> None:
+    command, named = BAD_AGENT_CONFIG[case]
+    device = f"{NAME}-pi-0001"
+
+    def on_device(script: str) -> str:
+        return subprocess.run(
+            ["docker", "exec", device, "bash", "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    backup = "cp -a /etc/edge-agent/agent.env /root/agent.env.bak"
+    restore = (
+        "cp -a /root/agent.env.bak /etc/edge-agent/agent.env;"
+        " cd /opt/edge-agent && { [ ! -e slice.csv.away ] || mv slice.csv.away slice.csv; };"
+        " chown edge-agent:edge-agent /var/lib/edge-agent/state.json;"
+        " systemctl reset-failed edge-agent; systemctl restart edge-agent"
+    )
+    # Stopped first: on SIGTERM the agent rewrites its state file, which would undo the damage.
+    on_device(f"{backup} && systemctl stop edge-agent && {command} && systemctl start edge-agent")
+    try:
+        time.sleep(8)  # several RestartSec periods: a crash loop would show restarts
+        status = on_device(
+            "systemctl show -p ActiveState -p ExecMainStatus -p NRestarts edge-agent.service"
+        )
+        journal = on_device("journalctl -u edge-agent.service -n 20 --no-pager -o cat")
+        assert "ActiveState=failed" in status, status
+        assert "ExecMainStatus=2" in status, status
+        assert "NRestarts=0" in status, status
+        assert named in journal, journal
+    finally:
+        on_device(restore + "; true")
+    assert "ActiveState=active" in on_device("sleep 2; systemctl show -p ActiveState edge-agent")
 
 
 def test_changed_agent_setting_restarts_agents_once(inventory: list[str]) -> None:
