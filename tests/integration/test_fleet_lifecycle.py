@@ -68,6 +68,20 @@ def test_check_mode_runs_clean_against_the_fleet(inventory: list[str]) -> None:
     assert run.total("changed") == 0, run.recap()
 
 
+def test_changed_agent_setting_restarts_agents_once(inventory: list[str]) -> None:
+    run = site(inventory, 4, "-e", "edge_agent_publish_interval=2.0")
+    assert run.rc == 0, run.output[-3000:]
+    assert run.output.count("RUNNING HANDLER [edge_agent : Restart edge-agent]") == 1
+    assert all(run.recap()[f"{NAME}-pi-000{n}"]["changed"] >= 1 for n in range(1, 5))
+
+
+def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
+    run = site(inventory, 2)
+    assert run.rc == 0, run.output[-3000:]
+    assert devices() == [f"{NAME}-pi-0001", f"{NAME}-pi-0002"]
+    assert "fleet check met: 2 of 2" in run.output
+
+
 BAD_AGENT_CONFIG = {
     # name: (shell command run on the device, text the journal must show)
     "bad-port": (
@@ -120,20 +134,6 @@ def test_agent_config_error_stops_the_service_without_a_crash_loop(
     finally:
         on_device(restore + "; true")
     assert "ActiveState=active" in on_device("sleep 2; systemctl show -p ActiveState edge-agent")
-
-
-def test_changed_agent_setting_restarts_agents_once(inventory: list[str]) -> None:
-    run = site(inventory, 4, "-e", "edge_agent_publish_interval=2.0")
-    assert run.rc == 0, run.output[-3000:]
-    assert run.output.count("RUNNING HANDLER [edge_agent : Restart edge-agent]") == 1
-    assert all(run.recap()[f"{NAME}-pi-000{n}"]["changed"] >= 1 for n in range(1, 5))
-
-
-def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
-    run = site(inventory, 2)
-    assert run.rc == 0, run.output[-3000:]
-    assert devices() == [f"{NAME}-pi-0001", f"{NAME}-pi-0002"]
-    assert "fleet check met: 2 of 2" in run.output
 
 
 def test_teardown_leaves_no_fleet_containers(inventory: list[str]) -> None:
