@@ -70,19 +70,13 @@ def write_emulated_inventory(directory: Path, name: str, **options: object) -> P
     return directory
 
 
+def docker(*args: str) -> str:
+    """Run the docker CLI; return its stdout, raising if it fails."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
 def fleet_containers(network: str) -> list[str]:
-    out = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-a",
-            "--filter",
-            f"label=org.edge-fleet.fleet={network}",
-            "--format",
-            "{{.Names}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = docker(
+        "ps", "-a", "--filter", f"label=org.edge-fleet.fleet={network}", "--format", "{{.Names}}"
+    )
     return sorted(out.split())

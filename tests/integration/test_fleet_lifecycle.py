@@ -6,7 +6,6 @@ broker container and the real consumer verifying the fleet.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from fleet_helpers import (
     PlaybookRun,
     ansible_playbook,
+    docker,
     fleet_containers,
     free_port,
     require_docker,
@@ -105,12 +105,7 @@ def test_agent_config_error_stops_the_service_without_a_crash_loop(
     device = f"{NAME}-pi-0001"
 
     def on_device(script: str) -> str:
-        return subprocess.run(
-            ["docker", "exec", device, "bash", "-c", script],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        return docker("exec", device, "bash", "-c", script)
 
     backup = "cp -a /etc/edge-agent/agent.env /root/agent.env.bak"
     restore = (

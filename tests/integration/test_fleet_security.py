@@ -24,6 +24,7 @@ import yaml
 from fleet_helpers import (
     ROOT,
     ansible_playbook,
+    docker,
     free_port,
     require_docker,
     write_emulated_inventory,
@@ -44,10 +45,6 @@ class Fleet:
     device_ids: dict[str, str]  # user -> device ID
     broker_ip: str
     deploy_output: str
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")

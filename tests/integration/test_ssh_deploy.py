@@ -8,7 +8,6 @@ group_vars and a generated hosts file that points at these hosts' loopback SSH p
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from fleet_helpers import (
     ROOT,
     ansible_playbook,
+    docker,
     free_port,
     require_docker,
     write_emulated_inventory,
@@ -93,12 +93,7 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
     assert set(recap) == {"localhost", f"{NAME}-broker", *(f"{NAME}-pi-{n:04d}" for n in (1, 2))}
     # Every host was reached over SSH as `pi` with its key, and escalated with sudo.
     for name in recap.keys() - {"localhost"}:
-        journal = subprocess.run(
-            ["docker", "exec", name, "journalctl", "--no-pager", "-o", "cat"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        journal = docker("exec", name, "journalctl", "--no-pager", "-o", "cat")
         assert "Accepted publickey for pi" in journal, name
         assert re.search(r"\bpi : .*; USER=root ; COMMAND=", journal), name
 
