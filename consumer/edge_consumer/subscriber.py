@@ -59,7 +59,7 @@ class Subscriber:
             client.username_pw_set(config.username, config.password)
         if config.tls_ca:
             client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(1, 10)  # back within ~10 s of the broker, like the agents
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
