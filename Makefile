@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ANSIBLE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: image test-arm64 setup fleet teardown test test-unit test-integration test-molecule test-fleet lint agent-pyz bench clean
+.PHONY: image test-arm64 setup fleet teardown test test-unit test-integration test-fault test-molecule test-fleet lint agent-pyz bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,15 +30,20 @@ teardown: $(VENV)/.installed
 agent-pyz: $(VENV)/.installed
 	$(BIN)/python agent/build_pyz.py --out dist/edge-agent.pyz
 
+# Everything CI runs: unit, integration, the fleet and fault-injection tests, then molecule.
 test: setup
-	$(BIN)/pytest tests -m 'not fault'
+	$(BIN)/pytest tests --durations=15
 	$(MAKE) test-molecule
 
 test-unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
 test-integration: setup
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -m 'not fault'
+
+# Fault injection on a 20-device emulated fleet (about 7 minutes).
+test-fault: setup
+	$(BIN)/pytest tests/integration -m fault
 
 # arm64 runs under QEMU and takes far longer than CI allows: `make test-arm64`.
 MOLECULE_SCENARIOS ?= mosquitto edge_agent default

@@ -189,3 +189,17 @@ def collector(mosquitto: Broker) -> Iterator[Collector]:
     c = Collector(mosquitto)
     yield c
     c.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault tests' measurements: recovery time and the consumer's accounting per fault."""
+    from fleet_watch import RESULTS
+
+    if not RESULTS:
+        return
+    terminalreporter.section("fault tests: recovery and accounting")
+    columns = ("test", "recovery_s", "missing", "duplicates", "overflow", "reconnects", "messages")
+    terminalreporter.write_line(f"{columns[0]:<36}" + "".join(f"{c:>12}" for c in columns[1:]))
+    for row in RESULTS:
+        cells = "".join(f"{row[c]!s:>12}" for c in columns[1:])
+        terminalreporter.write_line(f"{row['test']:<36}{cells}")
