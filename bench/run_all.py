@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run every benchmark in bench/ in turn; each prints its own numbers.
 
-The fleet benchmark (bench/fleet_scale.py) takes tens of minutes for 200 devices and is run on
-its own: `python bench/fleet_scale.py --devices 200`.
+The fleet benchmarks start containers and are run on their own: `bench/fleet_scale.py --devices
+200` (tens of minutes) and `bench/arch_deploy.py` (arm64 against amd64, a few minutes).
 """
 
 from __future__ import annotations
