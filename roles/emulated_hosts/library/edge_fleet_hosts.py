@@ -61,6 +61,7 @@ options:
 """
 
 import concurrent.futures
+import contextlib
 import os
 import time
 from typing import Any
@@ -194,6 +195,20 @@ def _setup_ssh(container: Any, public_key: str) -> bool:
     return output.endswith("changed") and not output.endswith("unchanged")
 
 
+def _leave_networks(containers: list[Any]) -> None:
+    """Disconnect containers from their networks one at a time, before they are removed.
+
+    Docker 20.10 keeps a per-network endpoint count that concurrent endpoint deletions can
+    leave too high; the network then refuses removal ("has active endpoints") until the
+    daemon restarts. Seen with 200 hosts force-removed 16 at a time, and reproduced with
+    concurrent disconnects; one at a time, 200 take about 14 s.
+    """
+    for container in containers:
+        for network in container.attrs.get("NetworkSettings", {}).get("Networks") or {}:
+            with contextlib.suppress(DockerException):  # already gone: removal cleans up
+                container.client.networks.get(network).disconnect(container, force=True)
+
+
 def _remove(container: Any) -> None:
     container.remove(force=True, v=True)
 
@@ -238,6 +253,7 @@ def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
         module.fail_json(msg=capacity_error, **result)
 
     timeout, workers, network = params["boot_timeout"], params["parallelism"], params["network"]
+    _leave_networks(to_remove)
     jobs: list[tuple[str, Any, tuple[Any, ...]]] = [(c.name, _remove, (c,)) for c in to_remove]
     jobs += [(c.name, _start, (c, timeout)) for c in to_start]
     jobs += [(h["name"], _create, (client, fleet, network, h, timeout)) for h in to_create]
