@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -18,25 +17,11 @@ from typing import Any, Callable, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
+from fleet_helpers import free_port, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 class Broker:

@@ -7,10 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -27,6 +30,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def fleet_cache(fleet: str) -> Path:
+    """The controller's files for one fleet: pki/, secrets/, the agent build and slices."""
+    return ROOT / ".cache" / "fleet" / fleet
+
+
+def fleet_passwords(fleet: str) -> dict[str, str]:
+    """MQTT user -> password, from the credentials file fleet_credentials wrote (not vaulted)."""
+    path = fleet_cache(fleet) / "secrets" / "mqtt-credentials.yml"
+    return dict(yaml.safe_load(path.read_text())["mqtt_users"])
 
 
 @dataclass

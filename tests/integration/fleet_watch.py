@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,10 +27,8 @@ RESULTS: list[dict[str, Any]] = []
 
 @dataclass
 class DeviceProgress:
-    seq: int = -1  # highest seq seen
     ts: float = 0.0  # production time of the newest reading seen
     overflow: int = 0  # the agent's own overflow counter, from its latest message
-    messages: int = 0
 
 
 @dataclass
@@ -39,7 +36,6 @@ class Window:
     """What the consumer accounted for between one start and stop."""
 
     summary: dict[str, Any]
-    onlines: dict[str, int]  # device ID -> live (not retained) `online` announcements
 
     @property
     def devices(self) -> dict[str, dict[str, Any]]:
@@ -54,14 +50,12 @@ class FleetWatch:
     workdir: Path
     proc: Optional[subprocess.Popen[str]] = None
     progress: dict[str, DeviceProgress] = field(default_factory=dict)
-    onlines: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     _reader: Optional[threading.Thread] = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         self.windows += 1
-        self.onlines = {}
         summary = self.workdir / f"window-{self.windows}.json"
         command = [
             str(BIN / "edge-consumer"),
@@ -89,18 +83,11 @@ class FleetWatch:
         assert proc.stdout is not None
         for line in proc.stdout:
             record = json.loads(line)
+            if record["type"] != "telemetry":
+                continue
+            message = record["message"]
             with self._lock:
-                if record["type"] == "status":
-                    if record["status"] == "online" and not record["retained"]:
-                        device = record["device_id"]
-                        self.onlines[device] = self.onlines.get(device, 0) + 1
-                    continue
-                if record["type"] != "telemetry":
-                    continue
-                message = record["message"]
                 progress = self.progress.setdefault(message["device_id"], DeviceProgress())
-                progress.messages += 1
-                progress.seq = max(progress.seq, message["seq"])
                 progress.ts = max(progress.ts, message["ts"])
                 progress.overflow = message["stats"]["overflow"]
 
@@ -111,9 +98,7 @@ class FleetWatch:
         if self._reader is not None:
             self._reader.join(timeout=10)
         path = self.workdir / f"window-{self.windows}.json"
-        with self._lock:
-            onlines = dict(self.onlines)
-        return Window(json.loads(path.read_text()), onlines)
+        return Window(json.loads(path.read_text()))
 
     def snapshot(self) -> dict[str, DeviceProgress]:
         with self._lock:
@@ -200,12 +185,3 @@ def broker_log(container: str, since: float) -> BrokerLog:
         elif match := _STARTED.match(line):
             log.starts.append(float(match[1]))
     return log
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

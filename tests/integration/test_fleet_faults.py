@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from edge_agent.agent import SAVE_EVERY_ACKS
 from edge_agent.publisher import WINDOW
 from fleet_helpers import (
-    ROOT,
     PlaybookRun,
     ansible_playbook,
     docker,
+    fleet_cache,
+    fleet_passwords,
     free_port,
     require_docker,
+    wait_until,
     write_emulated_inventory,
 )
 from fleet_watch import (
@@ -37,7 +38,6 @@ from fleet_watch import (
     SeqLedger,
     Window,
     broker_log,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.fleet, pytest.mark.fault]
@@ -45,10 +45,10 @@ pytestmark = [pytest.mark.fleet, pytest.mark.fault]
 NAME = "edge-faults"
 DEVICES = 20
 INTERVAL = 0.5  # s between readings: 2 msg/s per device
-CACHE = ROOT / ".cache" / "fleet" / NAME
 BROKER = f"{NAME}-broker"
 RECONNECT_LIMIT = 15.0  # s: every agent is back this soon after the broker is
 CATCH_UP_TIMEOUT = 120.0
+POLL = 0.5  # s between checks; most of them run docker exec
 
 
 def device(n: int) -> str:
@@ -85,13 +85,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     inventory = ["-i", str(directory)]
     workdir = tmp_path_factory.mktemp("watch")
     try:
-        fleet = Fleet(inventory, FleetWatch(port, CACHE / "pki" / "ca.crt", Path(), workdir), {})
+        watch = FleetWatch(port, fleet_cache(NAME) / "pki" / "ca.crt", Path(), workdir)
+        fleet = Fleet(inventory, watch, {})
         run = fleet.deploy()
         assert run.rc == 0, run.output[-3000:]
-        users = yaml.safe_load((CACHE / "secrets" / "mqtt-credentials.yml").read_text())
         password_file = workdir / "consumer.password"
         password_file.touch(mode=0o600)
-        password_file.write_text(users["mqtt_users"]["consumer"] + "\n")
+        password_file.write_text(fleet_passwords(NAME)["consumer"] + "\n")
         fleet.watch.password_file = password_file
         for n in range(1, DEVICES + 1):
             env = docker("exec", device(n), "cat", "/etc/edge-agent/agent.env")
@@ -112,7 +112,7 @@ def open_window(fleet: Fleet) -> float:
     """Start the consumer and wait until every device is streaming; returns the start time."""
     started = time.time()
     fleet.watch.start()
-    assert wait_for(lambda: fleet.watch.caught_up(set(fleet.ids.values()), started), 60), (
+    assert wait_until(lambda: fleet.watch.caught_up(set(fleet.ids.values()), started), 60, POLL), (
         "not every device is publishing before the fault"
     )
     if not fleet.session_saved:
@@ -157,7 +157,7 @@ def check_window(fleet: Fleet, window: Window) -> None:
 
 def wait_caught_up(fleet: Fleet, since: float, devices: set[str] | None = None) -> None:
     wanted = devices or set(fleet.ids.values())
-    assert wait_for(lambda: fleet.watch.caught_up(wanted, since), CATCH_UP_TIMEOUT), (
+    assert wait_until(lambda: fleet.watch.caught_up(wanted, since), CATCH_UP_TIMEOUT, POLL), (
         f"readings produced after the fault never arrived from {sorted(wanted)}"
     )
 
@@ -182,8 +182,8 @@ def test_agent_crash_resumes_from_its_saved_position(fleet: Fleet) -> None:
     open_window(fleet)
     killed = time.time()
     on(target, "systemctl kill --signal=SIGKILL edge-agent")
-    assert wait_for(lambda: agent_restarts(target) == restarts_before + 1, 30)
-    assert wait_for(lambda: target in broker_log(BROKER, killed).connects, 30)
+    assert wait_until(lambda: agent_restarts(target) == restarts_before + 1, 30, POLL)
+    assert wait_until(lambda: target in broker_log(BROKER, killed).connects, 30, POLL)
     back = reconnect_times(broker_log(BROKER, killed), [target], killed)[target]
     wait_caught_up(fleet, time.time())
     window = close_window(fleet, "agent SIGKILL", back)
@@ -196,7 +196,7 @@ def test_device_reboot_brings_the_agent_back_on_boot(fleet: Fleet) -> None:
     open_window(fleet)
     rebooted = time.time()
     docker("restart", target)
-    assert wait_for(lambda: target in broker_log(BROKER, rebooted).connects, 90)
+    assert wait_until(lambda: target in broker_log(BROKER, rebooted).connects, 90, POLL)
     back = reconnect_times(broker_log(BROKER, rebooted), [target], rebooted)[target]
     assert on(target, "systemctl is-enabled edge-agent").strip() == "enabled"
     wait_caught_up(fleet, time.time())
@@ -230,7 +230,7 @@ def test_network_cut_60s_delivers_the_backlog(fleet: Fleet) -> None:
     target = device(5)
     open_window(fleet)
     reconnected = cut_network(target, 60)
-    assert wait_for(lambda: target in broker_log(BROKER, reconnected).connects, 60)
+    assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
     back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
     wait_caught_up(fleet, time.time())
     window = close_window(fleet, "network cut 60 s", back)
@@ -250,7 +250,7 @@ def test_network_cut_beyond_the_queue_counts_every_lost_reading(fleet: Fleet) ->
         open_window(fleet)
         overflow_before = fleet.watch.snapshot()[mac].overflow
         reconnected = cut_network(target, 40)
-        assert wait_for(lambda: target in broker_log(BROKER, reconnected).connects, 60)
+        assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
         back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
         wait_caught_up(fleet, time.time())
         dropped = fleet.watch.snapshot()[mac].overflow - overflow_before
@@ -267,8 +267,10 @@ def kill_broker_and_measure(fleet: Fleet, fault: str, inject: Any) -> None:
     started = time.time()
     inject()
     users = list(fleet.ids)
-    assert wait_for(
-        lambda: len(reconnect_times(broker_log(BROKER, started), users, started)) == DEVICES, 90
+    assert wait_until(
+        lambda: len(reconnect_times(broker_log(BROKER, started), users, started)) == DEVICES,
+        90,
+        POLL,
     ), "not every agent reconnected"
     log = broker_log(BROKER, started)
     assert log.starts, "mosquitto did not start again"
@@ -287,7 +289,7 @@ def test_broker_sigkill_loses_nothing(fleet: Fleet) -> None:
         mtime = on(BROKER, "stat -c %Y /var/lib/mosquitto/mosquitto.db 2>/dev/null || echo 0")
         return float(mtime) > fleet.session_saved
 
-    assert wait_for(saved, 90, interval=2), "the broker never saved its persistence file"
+    assert wait_until(saved, 90, interval=2), "the broker never saved its persistence file"
     kill_broker_and_measure(
         fleet,
         "broker SIGKILL",

@@ -20,11 +20,11 @@ from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from fleet_helpers import (
-    ROOT,
     ansible_playbook,
     docker,
+    fleet_cache,
+    fleet_passwords,
     free_port,
     require_docker,
     write_emulated_inventory,
@@ -33,7 +33,7 @@ from fleet_helpers import (
 pytestmark = pytest.mark.fleet
 
 NAME = "edge-sectest"
-CACHE = ROOT / ".cache" / "fleet" / NAME
+CACHE = fleet_cache(NAME)
 
 
 @dataclass
@@ -62,7 +62,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     run = ansible_playbook("site.yml", "-v", *args)
     try:
         assert run.rc == 0, run.output[-3000:]
-        passwords = yaml.safe_load((CACHE / "secrets" / "mqtt-credentials.yml").read_text())
         ids = {
             f"{NAME}-pi-000{n}": docker(
                 "exec", f"{NAME}-pi-000{n}", "cat", "/sys/class/net/eth0/address"
@@ -79,7 +78,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             port,
             plain_port,
             CACHE / "pki" / "ca.crt",
-            passwords["mqtt_users"],
+            fleet_passwords(NAME),
             ids,
             broker_ip,
             run.output,
@@ -263,9 +262,8 @@ def mtls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         assert run.rc == 0, run.output[-3000:]
         assert "fleet check met: 1 of 1" in run.output
-        cache = ROOT / ".cache" / "fleet" / MTLS_NAME
-        passwords = yaml.safe_load((cache / "secrets" / "mqtt-credentials.yml").read_text())
-        yield Fleet(port, 0, cache / "pki" / "ca.crt", passwords["mqtt_users"], {}, "", run.output)
+        ca = fleet_cache(MTLS_NAME) / "pki" / "ca.crt"
+        yield Fleet(port, 0, ca, fleet_passwords(MTLS_NAME), {}, "", run.output)
     finally:
         ansible_playbook("playbooks/teardown.yml", *args)
 
