@@ -14,17 +14,6 @@ def fleet_mqtt_users(credentials: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": name, "password": credentials[name]} for name in sorted(credentials)]
 
 
-def fleet_device_ids(hosts: list[str], hostvars: Any) -> dict[str, str]:
-    """Each device's ID: the one its identity play recorded, else its inventory device_id."""
-    ids = {}
-    for host in hosts:
-        variables = hostvars[host]
-        ids[host] = str(
-            variables.get("edge_agent_device_id") or variables.get("device_id") or ""
-        ).lower()
-    return ids
-
-
 def fleet_mqtt_acl(
     device_ids: dict[str, str],
     consumer: str,
@@ -32,8 +21,9 @@ def fleet_mqtt_acl(
     telemetry_prefix: str = "iot/telemetry",
     status_prefix: str = "iot/status",
 ) -> list[dict[str, Any]]:
-    """The fleet's policy: each device writes only its own two topics and reads nothing, the
-    consumer only reads telemetry and status, the admin may do anything."""
+    """{device user: device ID} -> the fleet's policy: each device writes only its own two
+    topics and reads nothing, the consumer only reads telemetry and status, the admin may do
+    anything."""
     if not isinstance(device_ids, dict):
         raise AnsibleFilterError("fleet_mqtt_acl: expected a mapping of device user to device ID")
     acl: list[dict[str, Any]] = []
@@ -69,7 +59,6 @@ def fleet_mqtt_acl(
 class FilterModule:
     def filters(self) -> dict[str, object]:
         return {
-            "fleet_device_ids": fleet_device_ids,
             "fleet_mqtt_users": fleet_mqtt_users,
             "fleet_mqtt_acl": fleet_mqtt_acl,
         }

@@ -16,12 +16,16 @@ short_description: Emulated edge fleet of Raspberry Pi containers and one MQTT b
 description:
   - Generates the hosts of an emulated edge fleet from a small config file whose name ends in
     C(.edge_fleet.yml) or C(.edge_fleet.yaml).
-  - Group C(emulated) has two children, C(broker) (one host) and C(devices) (I(device_count) hosts
-    named C(<name_prefix>0001), C(<name_prefix>0002), ...; zero padded to four digits, wider only
-    past 9999). Container names equal inventory host names.
-  - Every device gets a deterministic, unique, locally administered MAC address as C(device_id), the
-    sensor MAC it replays from the published dataset as C(dataset_source), its architecture as
-    C(device_arch), and its number as C(device_number).
+  - Group C(emulated) has two children, C(broker) (one host) and C(devices), the hosts that run
+    agents. Container names equal inventory host names.
+  - There are I(device_count) devices named C(<name_prefix>0001), C(<name_prefix>0002), ... (zero
+    padded to four digits, wider only past 9999). Each host runs I(devices_per_host) of them, in
+    order. With one device per host the host carries the device's name; packed hosts are named
+    C(<name_prefix>host-0001), ...
+  - Every host lists its devices in C(fleet_devices), each with C(name), C(number), a
+    deterministic, unique, locally administered MAC address as C(device_id) and the sensor MAC it
+    replays from the published dataset as C(dataset_source). The host's architecture is
+    C(device_arch) and its container MAC is that of its first device.
   - Group C(emulated) carries the fleet-wide settings as C(fleet_*) variables.
   - Parsing has no side effects; it talks to neither Docker nor the network.
   - An option that lists I(vars) can be overridden with C(-e) extra vars, and extra vars win over
@@ -47,6 +51,33 @@ options:
       - name: EDGE_FLEET_DEVICE_COUNT
     vars:
       - name: device_count
+  devices_per_host:
+    description:
+      - How many devices (agents, each its own systemd service) one emulated host runs, a whole
+        number from 1 to 100, or C(auto).
+      - C(auto) keeps one device per host while I(device_count) times the budget of a host with
+        one device (I(host_memory_mb) + I(device_memory_mb)) fits in the controller's memory
+        (MemTotal), and otherwise packs 10 per host, or more where 10 would need more hosts than
+        one Docker network takes (about 1,000).
+      - Precedence, highest first, C(-e devices_per_host=K), the config file, the environment, the
+        default.
+    type: raw
+    default: auto
+    env:
+      - name: EDGE_FLEET_DEVICES_PER_HOST
+    vars:
+      - name: devices_per_host
+  host_memory_mb:
+    description:
+      - Memory budget of one emulated host without its agents, in MB (systemd, journald and the
+        container, plus Ansible's connection to it during a deploy).
+      - Used by I(devices_per_host=auto) and by the capacity check before hosts are created.
+    type: int
+    default: 90
+  device_memory_mb:
+    description: Memory budget of one device's agent, in MB; used like I(host_memory_mb).
+    type: int
+    default: 20
   name_prefix:
     description:
       - Prefix of device host and container names; devices are C(<name_prefix><number>).
@@ -145,9 +176,14 @@ ssh_port_base: 22000
 """
 
 MAX_DEVICES = 10000
+MAX_DEVICES_PER_HOST = 100
+# Devices per host when auto packs, and the hosts one Docker network holds: a Linux bridge takes
+# at most 1,024 ports, less the broker and the monitor.
+PACKED_DEVICES_PER_HOST = 10
+MAX_HOSTS_PER_NETWORK = 1000
 
 # Options whose DOCUMENTATION lists `vars`: extra vars of those names override them.
-VAR_OPTIONS = ("device_count", "arm64_count", "architecture")
+VAR_OPTIONS = ("device_count", "devices_per_host", "arm64_count", "architecture")
 
 # Sensor MACs of the published dataset, sorted; device n replays SOURCE_MACS[(n - 1) % 3].
 # This is the dataset slicer's assignment rule, so the two must change together.
@@ -201,6 +237,42 @@ def parse_name(option: str, value: Any) -> str:
     return text
 
 
+def memtotal_mb() -> int:
+    """The controller's physical memory in MB (read-only; the same on every parse)."""
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise AnsibleParserError("edge_fleet: MemTotal is missing from /proc/meminfo")
+
+
+def auto_devices_per_host(count: int, host_mb: int, device_mb: int, total_mb: int) -> int:
+    """One device per host while that fits in memory, else 10 (more past ~1,000 hosts)."""
+    if count * (host_mb + device_mb) <= total_mb:
+        return 1
+    return max(PACKED_DEVICES_PER_HOST, -(-count // MAX_HOSTS_PER_NETWORK))
+
+
+def parse_devices_per_host(value: Any, count: int, host_mb: int, device_mb: int) -> int:
+    """Return devices per host: `auto` or a whole number from 1 to MAX_DEVICES_PER_HOST."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return auto_devices_per_host(count, host_mb, device_mb, memtotal_mb())
+    if isinstance(value, str) and not _DIGITS.fullmatch(value.strip()):
+        raise AnsibleParserError(
+            f"edge_fleet: devices_per_host must be auto or a whole number from 1 to "
+            f"{MAX_DEVICES_PER_HOST}, got {_show(value)}; fix it in the .edge_fleet.yml file "
+            "or with -e devices_per_host=K"
+        )
+    return parse_count("devices_per_host", value, 1, MAX_DEVICES_PER_HOST)
+
+
+def host_name(prefix: str, number: int, devices_per_host: int) -> str:
+    """Name of host `number`: its device's name when it runs one, else <prefix>host-NNNN."""
+    if devices_per_host == 1:
+        return device_name(prefix, number)
+    return f"{prefix}host-{number:04d}"
+
+
 def device_name(prefix: str, number: int) -> str:
     """Return the host name of device `number`: the prefix and the number padded to 4 digits."""
     return f"{prefix}{number:04d}"
@@ -238,6 +310,11 @@ class InventoryModule(BaseInventoryPlugin):
         self._apply_extra_vars()
 
         count = parse_count("device_count", self.get_option("device_count"), 1, MAX_DEVICES)
+        host_mb = parse_count("host_memory_mb", self.get_option("host_memory_mb"), 1, 65536)
+        device_mb = parse_count("device_memory_mb", self.get_option("device_memory_mb"), 1, 65536)
+        per_host = parse_devices_per_host(
+            self.get_option("devices_per_host"), count, host_mb, device_mb
+        )
         arm64_count = parse_count("arm64_count", self.get_option("arm64_count"), 0, count)
         prefix = parse_name("name_prefix", self.get_option("name_prefix"))
         broker = parse_name("broker_name", self.get_option("broker_name"))
@@ -249,7 +326,8 @@ class InventoryModule(BaseInventoryPlugin):
         ssh_base = parse_count("ssh_port_base", self.get_option("ssh_port_base"), 1, 65535 - count)
         if architecture == "arm64":
             arm64_count = count
-        if broker.startswith(prefix) and broker[len(prefix) :].isdigit():
+        self._prefix, self._mac_prefix = prefix, mac_prefix
+        if broker.startswith(prefix) and broker[len(prefix) :].removeprefix("host-").isdigit():
             raise AnsibleParserError(
                 f"edge_fleet: broker_name {broker} looks like a device name for name_prefix "
                 f"{prefix}; choose another broker_name"
@@ -263,6 +341,9 @@ class InventoryModule(BaseInventoryPlugin):
 
         fleet_vars = {
             "fleet_device_count": count,
+            "fleet_devices_per_host": per_host,
+            "fleet_host_memory_mb": host_mb,
+            "fleet_device_memory_mb": device_mb,
             "fleet_arm64_count": arm64_count,
             "fleet_architecture": architecture,
             "fleet_broker_name": broker,
@@ -293,13 +374,20 @@ class InventoryModule(BaseInventoryPlugin):
         inv.set_variable(broker, "device_arch", architecture)
         self._set_address(broker, connection, ssh_base)
 
-        for number in range(1, count + 1):
-            host = inv.add_host(device_name(prefix, number), group="devices")
-            inv.set_variable(host, "device_number", number)
-            inv.set_variable(host, "device_id", device_mac(mac_prefix, number))
-            inv.set_variable(host, "dataset_source", SOURCE_MACS[(number - 1) % len(SOURCE_MACS)])
-            inv.set_variable(host, "device_arch", "arm64" if number <= arm64_count else "amd64")
-            self._set_address(host, connection, ssh_base + number)
+        for index, first in enumerate(range(1, count + 1, per_host), start=1):
+            numbers = range(first, min(first + per_host, count + 1))
+            host = inv.add_host(host_name(prefix, index, per_host), group="devices")
+            inv.set_variable(host, "fleet_devices", [self._device(n) for n in numbers])
+            inv.set_variable(host, "device_arch", "arm64" if first <= arm64_count else "amd64")
+            self._set_address(host, connection, ssh_base + index)
+
+    def _device(self, number: int) -> dict[str, Any]:
+        return {
+            "name": device_name(self._prefix, number),
+            "number": number,
+            "device_id": device_mac(self._mac_prefix, number),
+            "dataset_source": SOURCE_MACS[(number - 1) % len(SOURCE_MACS)],
+        }
 
     def _apply_extra_vars(self) -> None:
         """Let extra vars beat the config file for the options that declare `vars`.

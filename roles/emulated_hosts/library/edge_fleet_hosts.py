@@ -11,8 +11,10 @@ description:
   - Missing containers are created and started in parallel, stopped ones are started, and
     containers of the fleet that are not in I(hosts) are removed (this is how a smaller
     C(device_count) scales the fleet down).
-  - Before anything is created it checks that the new containers fit in the controller's
-    memory and pids limit, and fails naming how many would fit.
+  - Before anything is created it checks that the new containers and their devices fit in the
+    controller's memory and pids limit, and that the network's bridge has a port for every
+    container, and fails naming how many would fit. A failed check creates and removes nothing,
+    and its result says so.
   - Waits until systemd inside each new container has finished booting.
   - Supports check mode.
 options:
@@ -38,9 +40,19 @@ options:
     type: str
     required: true
   memory_per_host_mb:
-    description: Memory budget for one container, used by the capacity check.
+    description: Memory budget for one container without its agents, used by the capacity check.
     type: int
-    default: 110
+    default: 90
+  memory_per_device_mb:
+    description: Memory budget for one device's agent, used by the capacity check.
+    type: int
+    default: 20
+  max_containers_per_network:
+    description:
+      - Containers one network takes. A Linux bridge holds at most 1,024 ports; Docker's
+        bridge network then takes a little less.
+    type: int
+    default: 1000
   pids_per_host:
     description: Process budget for one container, used by the capacity check.
     type: int
@@ -80,6 +92,10 @@ LABEL_FLEET = "org.edge-fleet.fleet"
 LABEL_ROLE = "org.edge-fleet.role"
 LABEL_NUMBER = "org.edge-fleet.device-number"
 LABEL_DEVICE_ID = "org.edge-fleet.device-id"
+LABEL_DEVICES = "org.edge-fleet.devices"
+
+# Each agent is one process; systemd adds none per instance.
+PIDS_PER_DEVICE = 2
 
 # The flags that let systemd run as PID 1 without --privileged (CAP_SYS_RESOURCE is not
 # available on these hosts, so --privileged fails).
@@ -109,25 +125,44 @@ def _pids_headroom() -> int:
     return pid_max - running
 
 
-def _capacity_error(new_count: int, params: dict[str, Any]) -> str | None:
-    if new_count == 0:
+def _devices(host: dict[str, Any]) -> int:
+    return int(host.get("devices") or (1 if host.get("role") == "device" else 0))
+
+
+def _capacity_error(
+    new_hosts: list[dict[str, Any]], added_devices: int, containers: int, params: dict[str, Any]
+) -> str | None:
+    """Why the new hosts and devices do not fit, or None. Counts memory per host and per device."""
+    new_devices = sum(_devices(h) for h in new_hosts) + added_devices
+    if containers > params["max_containers_per_network"]:
+        return (
+            f"capacity: {containers} containers do not fit on one Docker network (a Linux bridge "
+            f"holds 1,024 ports; the limit is {params['max_containers_per_network']}). Put more "
+            "devices on each host with -e devices_per_host=K; nothing was created."
+        )
+    if not new_hosts and not new_devices:
         return None
-    mem_mb, pids_per = params["memory_per_host_mb"], params["pids_per_host"]
-    fit_by_memory = _meminfo_available_mb() // mem_mb
-    fit_by_pids = _pids_headroom() // pids_per
-    fits = min(fit_by_memory, fit_by_pids)
-    if new_count <= fits:
+    host_mb, device_mb = params["memory_per_host_mb"], params["memory_per_device_mb"]
+    need_mb = len(new_hosts) * host_mb + new_devices * device_mb
+    available_mb = _meminfo_available_mb()
+    pids_needed = len(new_hosts) * params["pids_per_host"] + new_devices * PIDS_PER_DEVICE
+    pids_free = _pids_headroom()
+    if need_mb <= available_mb and pids_needed <= pids_free:
         return None
-    limit = "memory" if fit_by_memory <= fit_by_pids else "the pids limit"
+    per_device_mb = device_mb + host_mb / max(1, max((_devices(h) for h in new_hosts), default=1))
+    fits = int(min(available_mb / per_device_mb, new_devices * pids_free / max(1, pids_needed)))
+    limit = "memory" if need_mb > available_mb else "the pids limit"
     return (
-        f"capacity: {new_count} new emulated hosts do not fit in {limit}; about {fits} more "
-        f"would fit (budget {mem_mb} MB and {pids_per} pids per host). "
-        "Lower device_count or free resources; nothing was created."
+        f"capacity: {len(new_hosts)} new emulated hosts with {new_devices} devices do not fit in "
+        f"{limit} (need about {need_mb} MB of {available_mb} MB available: {host_mb} MB per "
+        f"host and {device_mb} MB per device); about {fits} more devices would fit. Lower "
+        "device_count, pack more devices per host (-e devices_per_host=K) or free resources; "
+        "nothing was created."
     )
 
 
 def _labels(fleet: str, host: dict[str, Any]) -> dict[str, str]:
-    labels = {LABEL_FLEET: fleet, LABEL_ROLE: host["role"]}
+    labels = {LABEL_FLEET: fleet, LABEL_ROLE: host["role"], LABEL_DEVICES: str(_devices(host))}
     if host.get("number") is not None:
         labels[LABEL_NUMBER] = str(host["number"])
     if host.get("device_id"):
@@ -248,9 +283,22 @@ def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
     if module.check_mode:
         return result
 
-    capacity_error = _capacity_error(len(to_create), params)
+    # Devices added to hosts that exist already (their count was recorded at creation).
+    added_devices = sum(
+        max(0, _devices(wanted[name]) - int(c.labels.get(LABEL_DEVICES, _devices(wanted[name]))))
+        for name, c in existing.items()
+        if name in wanted
+    )
+    capacity_error = _capacity_error(to_create, added_devices, len(wanted), params)
     if capacity_error:
-        module.fail_json(msg=capacity_error, **result)
+        module.fail_json(
+            msg=capacity_error,
+            changed=False,
+            created=[],
+            started=[],
+            removed=[],
+            would_create=len(to_create),
+        )
 
     timeout, workers, network = params["boot_timeout"], params["parallelism"], params["network"]
     _leave_networks(to_remove)
@@ -292,7 +340,9 @@ def main() -> None:
             "hosts": {"type": "list", "elements": "dict", "default": []},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "network": {"type": "str", "required": True},
-            "memory_per_host_mb": {"type": "int", "default": 110},
+            "memory_per_host_mb": {"type": "int", "default": 90},
+            "memory_per_device_mb": {"type": "int", "default": 20},
+            "max_containers_per_network": {"type": "int", "default": 1000},
             "pids_per_host": {"type": "int", "default": 40},
             "parallelism": {"type": "int", "default": 16},
             "boot_timeout": {"type": "int", "default": 180},
