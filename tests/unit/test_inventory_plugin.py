@@ -20,6 +20,9 @@ EMULATED = ROOT / "inventories" / "emulated"
 SOURCE_MACS = ["00:0f:00:70:91:0a", "1c:bf:ce:15:ec:4d", "b8:27:eb:bf:9d:51"]
 BAD_COUNTS = ["0", "-1", "-3", "abc", "1.5", "2.5", "100000"]
 
+# The CLI of the interpreter running the tests, whether or not its venv is on PATH.
+ANSIBLE_INVENTORY = str(Path(sys.executable).with_name("ansible-inventory"))
+
 # Work with or without the repository's ansible.cfg: these settings win over it.
 ANSIBLE_ENV = {
     "ANSIBLE_INVENTORY_PLUGINS": str(PLUGIN_DIR),
@@ -36,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 def run_inventory(source: Path, *args: str, env: dict[str, str] | None = None):
     """Run ansible-inventory on `source` and return the finished process."""
     return subprocess.run(
-        ["ansible-inventory", "-i", str(source), *args],
+        [ANSIBLE_INVENTORY, "-i", str(source), *args],
         cwd=ROOT,
         env={**os.environ, **ANSIBLE_ENV, **(env or {})},
         capture_output=True,
@@ -66,6 +69,11 @@ def hostvars(data: dict[str, Any], host: str) -> dict[str, Any]:
     return data["_meta"]["hostvars"][host]
 
 
+def all_devices(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every device of every host, in host order."""
+    return [d for host in devices(data) for d in hostvars(data, host)["fleet_devices"]]
+
+
 # --- The real CLI -----------------------------------------------------------------------
 
 
@@ -82,8 +90,15 @@ def test_default_fleet_has_broker_and_three_devices():
     assert broker["ansible_host"] == "edge-broker"
     first = hostvars(data, "pi-0001")
     assert first["fleet_role"] == "device"
-    assert first["device_number"] == 1
-    assert first["device_id"] == "0a:ed:9e:00:00:01"
+    assert first["fleet_devices"] == [
+        {
+            "name": "pi-0001",
+            "number": 1,
+            "device_id": "0a:ed:9e:00:00:01",
+            "dataset_source": SOURCE_MACS[0],
+        }
+    ]
+    assert first["fleet_devices_per_host"] == 1
     assert first["ansible_host"] == "pi-0001"
     assert first["fleet_device_count"] == 3
     assert first["fleet_network"] == "edge-fleet"
@@ -111,22 +126,21 @@ def test_device_count_from_environment_when_file_is_silent(tmp_path):
 
 
 def test_macs_are_unique_lowercase_and_locally_administered():
-    data = inventory_list(EMULATED, "-e", "device_count=300")
+    data = inventory_list(EMULATED, "-e", "device_count=300", "-e", "devices_per_host=1")
 
-    macs = [hostvars(data, host)["device_id"] for host in devices(data)]
+    macs = [d["device_id"] for d in all_devices(data)]
     assert len(macs) == len(set(macs)) == 300
     assert all(re.fullmatch(r"0a:ed:9e(:[0-9a-f]{2}){3}", mac) for mac in macs)
-    assert hostvars(data, "pi-0256")["device_id"] == "0a:ed:9e:00:01:00"
-    numbers = [hostvars(data, host)["device_number"] for host in devices(data)]
+    assert hostvars(data, "pi-0256")["fleet_devices"][0]["device_id"] == "0a:ed:9e:00:01:00"
+    numbers = [d["number"] for d in all_devices(data)]
     assert sorted(numbers) == list(range(1, 301))
 
 
 def test_dataset_sources_follow_the_slicer_rule():
     data = inventory_list(EMULATED, "-e", "device_count=7")
 
-    for host in devices(data):
-        number = hostvars(data, host)["device_number"]
-        assert hostvars(data, host)["dataset_source"] == SOURCE_MACS[(number - 1) % 3]
+    for device in all_devices(data):
+        assert device["dataset_source"] == SOURCE_MACS[(device["number"] - 1) % 3]
 
 
 def test_output_is_deterministic():
@@ -221,7 +235,7 @@ def test_custom_names_and_prefix(tmp_path):
 
     assert data["broker"]["hosts"] == ["hub"]
     assert devices(data) == ["rpi-0001", "rpi-0002"]
-    assert hostvars(data, "rpi-0002")["device_id"] == "06:aa:bb:00:00:02"
+    assert hostvars(data, "rpi-0002")["fleet_devices"][0]["device_id"] == "06:aa:bb:00:00:02"
 
 
 @pytest.mark.parametrize("bad", BAD_COUNTS)
@@ -320,7 +334,11 @@ def test_parse_builds_ten_thousand_devices_quickly(tmp_path, monkeypatch):
     from ansible.parsing.dataloader import DataLoader
     from ansible.plugins.loader import inventory_loader
 
-    monkeypatch.setattr(context, "CLIARGS", ImmutableDict(extra_vars=("device_count=10000",)))
+    monkeypatch.setattr(
+        context,
+        "CLIARGS",
+        ImmutableDict(extra_vars=("device_count=10000", "devices_per_host=1")),
+    )
     inventory_loader.add_directory(str(PLUGIN_DIR))
     plugin = inventory_loader.get("edge_fleet")
     source = write_source(tmp_path, "device_count: 3\n") / "fleet.edge_fleet.yml"
@@ -333,9 +351,63 @@ def test_parse_builds_ten_thousand_devices_quickly(tmp_path, monkeypatch):
     hosts = inventory.groups["devices"].get_hosts()
     assert len(hosts) == 10000
     assert hosts[-1].name == "pi-10000"
-    assert len({host.vars["device_id"] for host in hosts}) == 10000
+    assert len({host.vars["fleet_devices"][0]["device_id"] for host in hosts}) == 10000
     # Generous bound so slow CI passes; it still catches accidental quadratic work.
     assert elapsed < 5, f"parse took {elapsed:.2f} s"
+
+
+# --- Packing several devices per host --------------------------------------------------
+
+
+def test_devices_per_host_packs_in_order_and_names_the_hosts():
+    data = inventory_list(EMULATED, "-e", "device_count=10", "-e", "devices_per_host=4")
+
+    assert devices(data) == ["pi-host-0001", "pi-host-0002", "pi-host-0003"]
+    per_host = [[d["name"] for d in hostvars(data, h)["fleet_devices"]] for h in devices(data)]
+    assert per_host == [
+        ["pi-0001", "pi-0002", "pi-0003", "pi-0004"],
+        ["pi-0005", "pi-0006", "pi-0007", "pi-0008"],
+        ["pi-0009", "pi-0010"],
+    ]
+    assert [d["number"] for d in all_devices(data)] == list(range(1, 11))
+    assert hostvars(data, "pi-host-0003")["fleet_devices_per_host"] == 4
+
+
+def test_auto_packs_only_when_one_device_per_host_does_not_fit(tmp_path):
+    # 100 MB per device and host: 3 fit in any machine's memory, 10 million MB do not.
+    small = inventory_list(write_source(tmp_path, "device_count: 3\n"))
+    assert hostvars(small, "pi-0001")["fleet_devices_per_host"] == 1
+
+    huge = write_source(tmp_path, "device_count: 50\nhost_memory_mb: 60000\n")
+    data = inventory_list(huge)
+    assert hostvars(data, "pi-host-0001")["fleet_devices_per_host"] == 10
+    assert len(devices(data)) == 5
+
+
+@pytest.mark.parametrize("bad", ["0", "101", "two", "1.5", "-1"])
+def test_bad_devices_per_host_stops_the_cli_with_one_clear_message(bad):
+    done = run_inventory(EMULATED, "--list", "-e", f"devices_per_host={bad}")
+
+    assert done.returncode != 0
+    assert "devices_per_host must be" in done.stderr
+    assert "-e devices_per_host=K" in done.stderr or "-e devices_per_host=N" in done.stderr
+
+
+def test_auto_devices_per_host_arithmetic(plugin_module):
+    auto = plugin_module.auto_devices_per_host
+    # 24 GB: 200 devices at 110 MB each fit one per host; 1,000 are packed 10 per host.
+    assert auto(200, 90, 20, 24000) == 1
+    assert auto(218, 90, 20, 24000) == 1
+    assert auto(219, 90, 20, 24000) == 10
+    assert auto(1000, 90, 20, 24000) == 10
+    # Past 10,000 devices, 10 per host would need more hosts than one network holds.
+    assert auto(10000, 90, 20, 24000) == 10
+    assert auto(10001, 90, 20, 24000) == 11
+
+
+def test_host_names(plugin_module):
+    assert plugin_module.host_name("pi-", 3, 1) == "pi-0003"
+    assert plugin_module.host_name("pi-", 3, 10) == "pi-host-0003"
 
 
 if __name__ == "__main__":

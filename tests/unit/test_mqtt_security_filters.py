@@ -133,16 +133,6 @@ def test_acl_refuses_a_device_without_a_usable_id(fleet: ModuleType, device_id: 
         fleet.fleet_mqtt_acl({"pi-0001": device_id}, "consumer", "admin")
 
 
-def test_device_ids_prefer_the_identity_fact_over_the_inventory(fleet: ModuleType) -> None:
-    hostvars = {
-        "pi-0001": {"device_id": "0a:ed:9e:00:00:01"},
-        "pi-0002": {"device_id": "0a:ed:9e:00:00:02", "edge_agent_device_id": "B8:27:EB:00:00:02"},
-        "pi-0003": {},
-    }
-    ids = fleet.fleet_device_ids(["pi-0001", "pi-0002", "pi-0003"], hostvars)
-    assert ids == {"pi-0001": "0a:ed:9e:00:00:01", "pi-0002": "b8:27:eb:00:00:02", "pi-0003": ""}
-
-
 def test_users_come_out_sorted(fleet: ModuleType) -> None:
     assert fleet.fleet_mqtt_users({"b": "2", "a": "1"}) == [
         {"name": "a", "password": "1"},
