@@ -17,6 +17,9 @@ from ansible.errors import AnsibleFilterError
 MAX_DEVICES_PER_HOST = 64  # derived IDs use six bits of the first octet (see derived_device_id)
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+# A device name is a unit instance, an MQTT user, a file name and part of its agent's dynamic
+# Unix user, edge-agent-<name>, which systemd limits to 31 characters of these.
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
 
 
 def derived_device_id(mac: str, index: int) -> str:
@@ -99,6 +102,13 @@ def fleet_device_list(hosts: list[str], hostvars: Any) -> list[dict[str, Any]]:
             device["device_id"] = str(known.get(device["name"]) or device["device_id"]).lower()
             devices.append(device)
             next_number = max(next_number, device["number"] + 1)
+    bad = [d for d in devices if not DEVICE_NAME.match(d["name"])]
+    if bad:
+        raise AnsibleFilterError(
+            f"fleet_devices: device name {bad[0]['name']!r} (host {bad[0]['host']}) must be "
+            "letters, digits, '_' and '-', at most 20 characters, because it also names the "
+            "agent's systemd user; shorten name_prefix or set device_name"
+        )
     _check_unique(devices, "name")
     _check_unique(devices, "number")
     return devices

@@ -65,6 +65,7 @@ def sources(tmp_path: Path) -> dict[str, Any]:
         "install_dir": "/opt/edge-agent",
         "config_dir": "/etc/edge-agent",
         "state_dir": "/var/lib/edge-agent",
+        "runtime_dir": "/run/edge-agent",
     }
 
 
@@ -116,7 +117,7 @@ def test_mutual_tls_hands_the_key_to_the_instance_only(action, sources, tmp_path
 
     assert bundle.files["/etc/edge-agent/devices/pi-0001/client.key"][1] == "0600"
     env = bundle.files["/etc/edge-agent/devices/pi-0001.env"][0].decode()
-    assert "MQTT_TLS_KEY=/run/credentials/edge-agent@pi-0001.service/client.key" in env
+    assert "MQTT_TLS_KEY=/run/edge-agent/pi-0001/client.key" in env
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,7 @@ def test_identity_facts_win_over_the_inventory(devices: ModuleType) -> None:
         ({"a": {"device_name": "x"}, "b": {"device_name": "x"}}, "name x is used twice"),
         ({"a": {"devices_per_host": 0}}, "devices_per_host must be from 1"),
         ({"a": {"devices_per_host": "two"}}, "devices_per_host must be a whole number"),
+        ({"a-very-long-host-name": {}}, "at most 20 characters"),
     ],
 )
 def test_clashes_and_bad_counts_are_named(devices: ModuleType, hostvars, message) -> None:

@@ -39,6 +39,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "install_dir": {"type": "path", "default": "/opt/edge-agent"},
     "config_dir": {"type": "path", "default": "/etc/edge-agent"},
     "state_dir": {"type": "path", "default": "/var/lib/edge-agent"},
+    "runtime_dir": {"type": "path", "default": "/run/edge-agent"},
     "pi_groups": {"type": "list", "elements": "str", "default": []},
     "legacy_units": {"type": "list", "elements": "path", "default": []},
 }
@@ -88,7 +89,6 @@ def env_text(values: dict[str, Any]) -> bytes:
 def build(args: dict[str, Any]) -> Bundle:
     bundle = Bundle()
     install, config, unit = args["install_dir"], args["config_dir"], args["unit"]
-    instance_unit = os.path.basename(unit).replace("@", "@{}")
     shared = [
         bundle.add(f"{install}/edge-agent.pyz", read_file(args["pyz_src"], "agent"), "0755"),
         bundle.add(unit, args["unit_content"].encode(), "0644"),
@@ -114,9 +114,9 @@ def build(args: dict[str, Any]) -> Bundle:
         slice_src = os.path.join(args["slices_dir"], f"device-{number:04d}.csv")
         slice_data = read_file(slice_src, "slice")
         own = [bundle.add(f"{install}/slices/{name}.csv", slice_data, "0644")]
-        # systemd reads the environment file and the credentials as root before it starts the
-        # agent under its own dynamic user, so no other device's agent can read them.
-        credentials = f"/run/credentials/{instance_unit.format(name)}"
+        # systemd reads the environment file, and copies the client key, as root before it
+        # starts the agent under its own dynamic user: no other device's agent can read them.
+        runtime = f"{args['runtime_dir']}/{name}"
         env: dict[str, Any] = {
             "DEVICE_NAME": name,
             "DEVICE_ID": device_id,
@@ -145,8 +145,8 @@ def build(args: dict[str, Any]) -> Bundle:
                     "0600",
                 )
             )
-            env["MQTT_TLS_CERT"] = f"{credentials}/client.crt"
-            env["MQTT_TLS_KEY"] = f"{credentials}/client.key"
+            env["MQTT_TLS_CERT"] = f"{runtime}/client.crt"
+            env["MQTT_TLS_KEY"] = f"{runtime}/client.key"
         env.update(args["environment"])
         own.append(bundle.add(f"{config}/devices/{name}.env", env_text(env), "0600"))
         bundle.instances[name] = shared + own
