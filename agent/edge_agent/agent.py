@@ -14,6 +14,7 @@ from .dataset import Slice
 from .pacing import Pacer
 from .publisher import Publisher
 from .state import State, load_state, save_state
+from .wake import Waker
 
 log = logging.getLogger("edge_agent")
 
@@ -22,7 +23,6 @@ SAVE_EVERY_ACKS = 10
 SAVE_EVERY_SECONDS = 1.0
 OVERFLOW_LOG_EVERY = 10.0  # s: one WARNING per period, not one per dropped reading
 HAND_OVER_MAX = 100  # readings handed to MQTT per loop pass
-MAX_WAIT = 0.1  # s: longest single wait, so signals and reconnects are handled promptly
 
 
 class ReadingQueue:
@@ -65,9 +65,10 @@ class DryRunSink:
     inflight = 0
     reconnects = 0
 
-    def __init__(self, out: TextIO, on_ack: Callable[[int], None]) -> None:
+    def __init__(self, out: TextIO, on_ack: Callable[[int], None], waker: Waker) -> None:
         self.out = out
         self.on_ack = on_ack
+        self.waker = waker
 
     def maintain(self) -> None:
         pass
@@ -81,7 +82,10 @@ class DryRunSink:
         self.on_ack(seq)
 
     def loop(self, timeout: float) -> None:
-        time.sleep(timeout)
+        self.waker.wait(timeout)
+
+    def next_event(self) -> float:
+        return float("inf")
 
     def close(self, flush_timeout: float) -> None:
         pass
@@ -101,14 +105,16 @@ class Agent:
         self.next_seq, self.next_row = state.seq, state.cursor % rows
         self.queue = ReadingQueue(config.queue_size, rows, self.next_seq, self.next_row)
         self.inflight: dict[int, int] = {}  # seq -> row, handed to MQTT, not yet acked
+        self.waker = Waker()  # request_stop() ends the sink's current wait
         self.sink: Publisher | DryRunSink = (
-            DryRunSink(out or sys.stdout, self._on_ack)
+            DryRunSink(out or sys.stdout, self._on_ack, self.waker)
             if config.dry_run
-            else Publisher(config, self._on_ack)
+            else Publisher(config, self._on_ack, self.waker)
         )
         self._acks_since_save = 0
-        self._last_save = time.monotonic()
-        self._saved: Optional[State] = None
+        self._last_save = time.monotonic()  # of the last write (attempt)
+        # What the state file holds (_initial_state wrote it): an unchanged state is not rewritten.
+        self._saved: Optional[State] = None if config.dry_run else self._with_device(state)
         self._overflow_unlogged = 0
         self._overflow_logged_at = 0.0
 
@@ -151,7 +157,12 @@ class Agent:
         return State(seq, row, self.overflow, self.config.device_id)
 
     def save(self, force: bool = False) -> None:
+        """Write the watermark if it changed: at once after SAVE_EVERY_ACKS acks, else at most
+        once per SAVE_EVERY_SECONDS (save_due() says when the loop must be awake for it)."""
         if self.config.dry_run:
+            return
+        state = self.watermark()
+        if state == self._saved and not force:
             return
         now = time.monotonic()
         if not (
@@ -160,16 +171,19 @@ class Agent:
             or now - self._last_save >= SAVE_EVERY_SECONDS
         ):
             return
-        state = self.watermark()
         self._acks_since_save = 0
         self._last_save = now
-        if state == self._saved and not force:
-            return
         try:
             save_state(self.config.state_dir, state)
             self._saved = state
         except OSError as e:
             log.error("cannot save state in %s: %s", self.config.state_dir, e)
+
+    def save_due(self) -> Optional[float]:
+        """Monotonic time at which save() would write, or None if nothing changed."""
+        if self.config.dry_run or self.watermark() == self._saved:
+            return None
+        return self._last_save + SAVE_EVERY_SECONDS
 
     def payload(self, seq: int, row: int, ts: float) -> bytes:
         r = self.readings[row]
@@ -243,16 +257,30 @@ class Agent:
             if count is not None and produced >= count and not self.queue and not self.inflight:
                 log.info("published %d readings (--count); stopping", count)
                 break
-            wait = MAX_WAIT if count is not None and produced >= count else next_due - now
-            self.sink.loop(min(MAX_WAIT, max(0.0, wait)))
+            more = count is None or produced < count
+            self.sink.loop(self.wake_at(next_due if more else None) - time.monotonic())
         self.shutdown()
         return 0
 
+    def wake_at(self, next_reading: Optional[float]) -> float:
+        """The earliest due event: the next reading, the publisher's next connection attempt
+        or keepalive check, the next state save. Acks and other packets end the wait early."""
+        if self.queue and self.sink.can_publish():
+            return 0.0  # a backlog longer than one pass hands over (HAND_OVER_MAX)
+        due = self.sink.next_event()
+        if next_reading is not None:
+            due = min(due, next_reading)
+        save = self.save_due()
+        return due if save is None else min(due, save)
+
     def request_stop(self) -> None:
+        """End run() promptly; safe in a signal handler."""
         self.stopping = True
+        self.waker.wake()
 
     def shutdown(self) -> None:
         self.sink.close(FLUSH_TIMEOUT)
+        self.waker.close()
         if self._overflow_unlogged:
             log.warning("dropped %d readings on queue overflow", self._overflow_unlogged)
         if self.config.dry_run:

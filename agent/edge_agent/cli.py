@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,8 +11,6 @@ from .config import PROG, AgentConfig, ConfigError, load_config
 
 if TYPE_CHECKING:
     from .dataset import Slice
-
-log = logging.getLogger("edge_agent")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 
@@ -29,14 +26,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         return _error(str(e), EXIT_CONFIG)
 
+    if not config.dry_run:  # before logging and paho import what it defers
+        from .lean import defer_unused_imports
+
+        defer_unused_imports(tls=bool(config.tls_ca))
+    import logging
+
     # No timestamps: journald (or the test harness) adds its own.
     logging.basicConfig(
         level=config.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not config.dry_run:
-        from .lean import defer_unused_imports
-
-        defer_unused_imports(tls=bool(config.tls_ca))
     from .dataset import read_slice
 
     try:
@@ -50,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(config: AgentConfig, readings: Slice) -> int:
-    from .agent import Agent
+    from .agent import Agent, log
 
     if readings.skipped:
         log.warning("%s: skipped %d bad rows", config.dataset_path, readings.skipped)

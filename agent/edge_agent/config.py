@@ -1,16 +1,22 @@
-"""Agent configuration: CLI flag > environment > JSON config file > default."""
+"""Agent configuration: CLI flag > environment > JSON config file > default.
+
+No dataclasses (it imports inspect: ~1.1 MB of heap per agent) and argparse only when the
+command line needs it (~0.4 MB): see _parse_simple.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    import argparse
 
 PROG = "edge-agent"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -26,8 +32,7 @@ class ConfigError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(NamedTuple):
     device_name: str
     device_id: str
     broker: str
@@ -128,8 +133,7 @@ def _log_level(value: str) -> str:
     return level
 
 
-@dataclass(frozen=True)
-class _Setting:
+class _Setting(NamedTuple):
     env: str
     field: str
     flag: Optional[str]  # None: never on the command line (secrets)
@@ -160,7 +164,18 @@ SETTINGS: tuple[_Setting, ...] = (
 CONFIG_KEYS = {s.env.lower(): s for s in SETTINGS}
 
 
+# Flags that take a value and have no environment variable, with their argparse dest.
+FLAG_ONLY = {
+    "--config": "config",
+    "--replay-speed": "replay_speed",
+    "--rate": "rate",
+    "--count": "count",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Replay a sensor dataset slice as MQTT telemetry. Settings come from flags, "
@@ -187,6 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--count", metavar="N", help="stop cleanly after N readings are published")
     return parser
+
+
+def _parse_simple(argv: Sequence[str]) -> Optional[dict[str, Any]]:
+    """What build_parser().parse_args(argv) returns, as a dict, when argv holds only full flag
+    names as `--flag VALUE` (VALUE not starting with "-"), `--flag=VALUE` and `--dry-run`, each
+    at most once; None for anything else (--help, abbreviations, errors...), which argparse
+    then handles. The unit's command line (none, or --rate/--replay-speed) never needs it."""
+    dests = {s.flag: s.field for s in SETTINGS if s.flag is not None}
+    dests.update(FLAG_ONLY)
+    args: dict[str, Any] = dict.fromkeys(dests.values())
+    args["dry_run"] = False
+    seen = set()
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        i += 1
+        if flag == "--dry-run" and not eq:
+            args["dry_run"] = True
+            continue
+        if flag not in dests or flag in seen:
+            return None
+        if not eq:
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+            i += 1
+        seen.add(flag)
+        args[dests[flag]] = value
+    if args["replay_speed"] is not None and args["rate"] is not None:
+        return None  # mutually exclusive: argparse says so
+    return args
 
 
 def _read_config_file(path: str) -> dict[str, str]:
@@ -246,12 +292,16 @@ def load_config(
 ) -> AgentConfig:
     """Parse argv and environ into an AgentConfig; raises ConfigError (argparse exits 2)."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    file_values = _read_config_file(args.config) if args.config else {}
+    if argv is None:
+        argv = sys.argv[1:]
+    args = _parse_simple(argv)
+    if args is None:
+        args = vars(build_parser().parse_args(argv))
+    file_values = _read_config_file(args["config"]) if args["config"] else {}
 
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        raw = getattr(args, s.field, None)
+        raw = args.get(s.field)
         if raw is None and environ.get(s.env):  # empty env vars count as unset
             raw = environ[s.env]
         if raw is None:
@@ -281,13 +331,13 @@ def load_config(
     if values["tls_cert"] and not values["tls_ca"]:
         raise ConfigError("MQTT_TLS_CERT", "client certificates need MQTT_TLS_CA (TLS is off)")
 
-    flag_only: dict[str, Any] = {"dry_run": args.dry_run, "config_path": args.config}
+    flag_only: dict[str, Any] = {"dry_run": args["dry_run"], "config_path": args["config"]}
     for name, flag, parse in (
         ("replay_speed", "--replay-speed", parse_positive_float),
         ("rate", "--rate", parse_positive_float),
         ("count", "--count", parse_positive_int),
     ):
-        raw = getattr(args, name)
+        raw = args[name]
         try:
             flag_only[name] = None if raw is None else parse(raw)
         except ValueError as e:

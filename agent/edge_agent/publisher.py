@@ -1,7 +1,8 @@
 """MQTT side of the agent: persistent MQTTv5 session, status will, backoff, ack tracking.
 
-paho runs in the caller's thread (client.loop()), never in a background thread, so callbacks
-and the agent loop cannot race: no locks anywhere.
+paho runs in the caller's thread, never in a background thread, so callbacks and the agent loop
+cannot race: no locks anywhere. The agent does the waiting itself (loop()), with paho's public
+external-loop calls, so that it sleeps until the next due event and a stop request wakes it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import AgentConfig
+from .wake import Waker
 
 log = logging.getLogger("edge_agent.mqtt")
 
@@ -28,6 +30,9 @@ BACKOFF_BASE = 1.0
 # still spreads a 200-device reconnect over that window.
 BACKOFF_CAP = 10.0
 WINDOW = 20  # un-acked readings handed to paho at most (mosquitto's receive maximum is 20)
+# How soon to look again if paho's keepalive times cannot be read (see _keepalive_due): a ping
+# at most KEEPALIVE/3 late still reaches the broker before its 1.5 x KEEPALIVE limit.
+KEEPALIVE_POLL = KEEPALIVE / 3
 
 
 def backoff_delay(failures: int, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -36,9 +41,10 @@ def backoff_delay(failures: int, rng: Callable[[float, float], float] = random.u
 
 
 class Publisher:
-    def __init__(self, config: AgentConfig, on_ack: Callable[[int], None]) -> None:
+    def __init__(self, config: AgentConfig, on_ack: Callable[[int], None], waker: Waker) -> None:
         self.config = config
         self.on_ack = on_ack
+        self.waker = waker
         self.connected = False
         self.reconnects = 0  # successful connects after the first one, this process
         self.window = WINDOW
@@ -48,6 +54,7 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # paho mid -> seq
         self._status_mids: set[int] = set()
         self._closing = False
+        self._misc_at = 0.0  # when loop_misc() last ran
 
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -164,29 +171,71 @@ class Publisher:
         self.on_ack(seq)
 
     def loop(self, timeout: float) -> None:
-        """Run paho's network I/O for up to `timeout` seconds (sleep when disconnected)."""
-        if self.client.socket() is None:
-            time.sleep(timeout)
+        """Wait up to `timeout` s for the socket or a wake-up, then run paho's network I/O and
+        its keepalive check (what client.loop() does, but a stop request can wake this)."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            self.waker.wait(timeout)
             return
-        self.client.loop(timeout=timeout)
+        # Bytes that TLS has already decrypted are invisible to select() (paho checks too).
+        pending = getattr(sock, "pending", None)
+        buffered = pending is not None and pending() > 0
+        readable, writable = self.waker.wait(
+            0.0 if buffered else timeout, (sock,), (sock,) if client.want_write() else ()
+        )
+        if readable or buffered:
+            client.loop_read()
+        if writable and client.socket() is sock:
+            client.loop_write()
+        if client.socket() is not None:
+            self._misc_at = time.monotonic()
+            client.loop_misc()
+
+    def next_event(self) -> float:
+        """Monotonic time by which loop() must run again (it also returns on any packet)."""
+        if self.client.socket() is None:
+            return self._next_attempt  # maintain() connects then
+        return self._keepalive_due()
+
+    def _keepalive_due(self) -> float:
+        """When paho's loop_misc() must next run: it pings once the last packet out or in is a
+        keepalive old, and drops the link a keepalive after an unanswered ping (or CONNECT)."""
+        # PRIVATE paho state, read only: there is no public accessor for these times. Names as
+        # of paho 2.0-2.2 (_last_bytes_received was _last_msg_in before 2.2). paho's clock is
+        # time.monotonic, like ours.
+        c = self.client
+        out = getattr(c, "_last_msg_out", None)
+        got = getattr(c, "_last_bytes_received", getattr(c, "_last_msg_in", None))
+        ping = getattr(c, "_ping_t", None)  # 0: no ping outstanding
+        if not all(isinstance(t, (int, float)) for t in (out, got, ping)):
+            return time.monotonic() + KEEPALIVE_POLL
+        due = min(out, got, ping or got) + KEEPALIVE
+        # loop_misc() ran after `due` and did nothing: never spin on a paho we misread.
+        return due if due > self._misc_at else time.monotonic() + KEEPALIVE_POLL
 
     # -- shutdown ---------------------------------------------------------------------
 
     def close(self, flush_timeout: float) -> None:
         """Wait up to flush_timeout for in-flight acks, publish offline, disconnect."""
-        deadline = time.monotonic() + flush_timeout
-        while self._inflight and self.connected and time.monotonic() < deadline:
-            self.loop(0.05)
+        self._wait_while(lambda: bool(self._inflight), flush_timeout)
         if self._inflight:
             log.warning(
                 "%d readings still un-acked at shutdown; resent after restart", len(self._inflight)
             )
         if self.connected:
             mid = self._publish_status("offline")
-            deadline = time.monotonic() + 1.0
-            while mid in self._status_mids and self.connected and time.monotonic() < deadline:
-                self.loop(0.05)
+            self._wait_while(lambda: mid in self._status_mids, 1.0)
             self._closing = True
-            self.client.disconnect()
-            self.client.loop(timeout=0.1)  # let paho flush the DISCONNECT packet
+            self.client.disconnect()  # written at once unless the socket is full
+            if self.client.socket() is not None and self.client.want_write():
+                self.loop(0.1)
         self.connected = False
+
+    def _wait_while(self, busy: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while busy() and self.connected:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            self.loop(min(deadline, self.next_event()) - now)
