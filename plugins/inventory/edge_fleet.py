@@ -70,14 +70,17 @@ options:
   host_memory_mb:
     description:
       - Memory budget of one emulated host without its agents, in MB (systemd, journald and the
-        container, plus Ansible's connection to it during a deploy).
+        container, about 35 MB PSS, plus Ansible's connection to it during a deploy).
       - Used by I(devices_per_host=auto) and by the capacity check before hosts are created.
     type: int
     default: 90
   device_memory_mb:
-    description: Memory budget of one device's agent, in MB; used like I(host_memory_mb).
+    description:
+      - Memory budget of one device's agent, in MB; used like I(host_memory_mb).
+      - An agent with TLS measures about 9.5 MB PSS when ten share a host
+        (C(bench/agent_memory.py)).
     type: int
-    default: 20
+    default: 12
   name_prefix:
     description:
       - Prefix of device host and container names; devices are C(<name_prefix><number>).

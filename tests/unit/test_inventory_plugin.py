@@ -395,14 +395,14 @@ def test_bad_devices_per_host_stops_the_cli_with_one_clear_message(bad):
 
 def test_auto_devices_per_host_arithmetic(plugin_module):
     auto = plugin_module.auto_devices_per_host
-    # 24 GB: 200 devices at 110 MB each fit one per host; 1,000 are packed 10 per host.
-    assert auto(200, 90, 20, 24000) == 1
-    assert auto(218, 90, 20, 24000) == 1
-    assert auto(219, 90, 20, 24000) == 10
-    assert auto(1000, 90, 20, 24000) == 10
+    # 24 GB: 200 devices at 102 MB each fit one per host; 1,000 are packed 10 per host.
+    assert auto(200, 90, 12, 24000) == 1
+    assert auto(235, 90, 12, 24000) == 1
+    assert auto(236, 90, 12, 24000) == 10
+    assert auto(1000, 90, 12, 24000) == 10
     # Past 10,000 devices, 10 per host would need more hosts than one network holds.
-    assert auto(10000, 90, 20, 24000) == 10
-    assert auto(10001, 90, 20, 24000) == 11
+    assert auto(10000, 90, 12, 24000) == 10
+    assert auto(10001, 90, 12, 24000) == 11
 
 
 def test_host_names(plugin_module):

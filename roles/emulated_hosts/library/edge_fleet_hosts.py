@@ -46,7 +46,7 @@ options:
   memory_per_device_mb:
     description: Memory budget for one device's agent, used by the capacity check.
     type: int
-    default: 20
+    default: 12
   max_containers_per_network:
     description:
       - Containers one network takes. A Linux bridge holds at most 1,024 ports; Docker's
@@ -341,7 +341,7 @@ def main() -> None:
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "network": {"type": "str", "required": True},
             "memory_per_host_mb": {"type": "int", "default": 90},
-            "memory_per_device_mb": {"type": "int", "default": 20},
+            "memory_per_device_mb": {"type": "int", "default": 12},
             "max_containers_per_network": {"type": "int", "default": 1000},
             "pids_per_host": {"type": "int", "default": 40},
             "parallelism": {"type": "int", "default": 16},
