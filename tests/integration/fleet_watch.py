@@ -13,13 +13,16 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fleet_helpers import BIN, docker
+from fleet_helpers import BIN, docker, wait_until
 
 CLIENT_ID = "fault-watch"
+CATCH_UP_TIMEOUT = 120.0
+POLL = 0.5  # s between checks; most of them run docker exec
 
 # What each fault test measured; conftest prints it at the end of the run.
 RESULTS: list[dict[str, Any]] = []
@@ -144,6 +147,79 @@ class SeqLedger:
 
     def missing(self, device_id: str) -> int:
         return sum(last - first + 1 for first, last in self.holes(device_id))
+
+
+@dataclass
+class WatchedFleet:
+    """A deployed fleet, its consumer session and the seq accounting across its windows.
+
+    `ids` maps each device name (its MQTT user) to its device ID. Each fault test opens a
+    window, injects its fault, waits until every device has caught up, and closes the window,
+    which checks the consumer's accounting: every seq arrived, except exactly the readings the
+    agents reported dropping.
+    """
+
+    watch: FleetWatch
+    ids: dict[str, str]  # device name -> device ID (MAC)
+    names: dict[str, str] = field(default_factory=dict)  # device ID -> device name
+    session_saved: float = 0.0  # when the watch's session first reached the broker's disk
+    ledger: SeqLedger = field(default_factory=SeqLedger)
+    dropped: dict[str, int] = field(default_factory=dict)  # device ID -> readings lost on purpose
+
+    def set_ids(self, ids: dict[str, str]) -> None:
+        self.ids = dict(ids)
+        self.names = {mac: name for name, mac in self.ids.items()}
+
+    def open_window(self) -> float:
+        """Start the consumer and wait until every device is streaming; returns the start time."""
+        started = time.time()
+        self.watch.start()
+        assert wait_until(
+            lambda: self.watch.caught_up(set(self.ids.values()), started), 60, POLL
+        ), "not every device is publishing before the fault"
+        if not self.session_saved:
+            self.session_saved = started
+        return started
+
+    def close_window(self, test: str, recovery_s: float) -> Window:
+        window = self.watch.stop()
+        self.check_window(window)
+        totals = window.summary["totals"]
+        RESULTS.append(
+            {
+                "test": test,
+                "recovery_s": round(recovery_s, 1),
+                "missing": sum(self.ledger.missing(mac) for mac in self.ids.values()),
+                "duplicates": totals["duplicates"],
+                "overflow": totals["agent_overflow"],
+                "reconnects": totals["status_reconnects"],
+                "messages": totals["valid"],
+            }
+        )
+        return window
+
+    def check_window(self, window: Window) -> None:
+        """The consumer's accounting, joined with the earlier windows': every seq arrived,
+        except exactly the readings the agents reported dropping."""
+        devices = window.devices
+        assert set(devices) == set(self.ids.values()), "some devices sent nothing in the window"
+        assert window.summary["totals"]["invalid"] == 0
+        problems = []
+        for mac, record in devices.items():
+            self.ledger.add(mac, record)
+            if self.ledger.missing(mac) != self.dropped.get(mac, 0):
+                problems.append(
+                    f"{self.names[mac]}: missing {self.ledger.holes(mac)},"
+                    f" agent reported {self.dropped.get(mac, 0)} dropped"
+                )
+        assert not problems, "\n".join(problems)
+
+    def wait_caught_up(self, since: float, devices: Optional[set[str]] = None) -> None:
+        """Every device (ID) has delivered a reading produced after `since`."""
+        wanted = devices or set(self.ids.values())
+        assert wait_until(lambda: self.watch.caught_up(wanted, since), CATCH_UP_TIMEOUT, POLL), (
+            f"readings produced after the fault never arrived from {sorted(wanted)}"
+        )
 
 
 # mosquitto's connection log lines, as journald stores them with -o short-unix:

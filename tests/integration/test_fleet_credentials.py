@@ -85,6 +85,22 @@ def test_generates_once_keeps_and_revokes(workdir: Path) -> None:
     assert seen(workdir)["pi-0001"] == creds["pi-0001"]
 
 
+def test_scaling_a_packed_fleet_down_revokes_exactly_the_removed_devices(workdir: Path) -> None:
+    # Device users are device names, whichever host runs them: 12 devices, then 7.
+    twelve = [f"pi-{n:04d}" for n in range(1, 13)]
+    first = run(workdir, ",".join(twelve))
+    assert first.returncode == 0, first.stdout + first.stderr
+    creds = seen(workdir)
+    assert sorted(creds) == sorted([*twelve, "admin", "consumer"])
+    shrunk = run(workdir, ",".join(twelve[:7]))
+    assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+    kept = seen(workdir)
+    assert sorted(kept) == sorted([*twelve[:7], "admin", "consumer"])
+    assert kept == {user: creds[user] for user in kept}, "a kept user's password changed"
+    stored = (workdir / "secrets/creds.yml").read_text()
+    assert not [user for user in twelve[7:] if user in stored]
+
+
 def test_vault_encrypts_the_file_and_needs_the_password_to_read_it(workdir: Path) -> None:
     vault_pass = workdir / "vault-pass"
     vault_pass.write_text("correct horse battery staple\n")

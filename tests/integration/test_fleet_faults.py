@@ -22,23 +22,23 @@ from edge_agent.agent import SAVE_EVERY_ACKS
 from edge_agent.publisher import WINDOW
 from fleet_helpers import (
     PlaybookRun,
+    agent_reports,
+    agent_restarts,
+    agent_starts_since,
+    agent_unit,
     ansible_playbook,
+    device_env,
     docker,
+    env_path,
     fleet_cache,
     fleet_passwords,
     free_port,
+    on,
     require_docker,
     wait_until,
     write_emulated_inventory,
 )
-from fleet_watch import (
-    RESULTS,
-    BrokerLog,
-    FleetWatch,
-    SeqLedger,
-    Window,
-    broker_log,
-)
+from fleet_watch import POLL, BrokerLog, FleetWatch, WatchedFleet, broker_log
 
 pytestmark = [pytest.mark.fleet, pytest.mark.fault]
 
@@ -47,23 +47,16 @@ DEVICES = 20
 INTERVAL = 0.5  # s between readings: 2 msg/s per device
 BROKER = f"{NAME}-broker"
 RECONNECT_LIMIT = 15.0  # s: every agent is back this soon after the broker is
-CATCH_UP_TIMEOUT = 120.0
-POLL = 0.5  # s between checks; most of them run docker exec
 
 
 def device(n: int) -> str:
+    """Device n; with one device per host, its host (container) carries the same name."""
     return f"{NAME}-pi-{n:04d}"
 
 
 @dataclass
-class Fleet:
-    inventory: list[str]
-    watch: FleetWatch
-    ids: dict[str, str]  # inventory name -> device ID (MAC)
-    names: dict[str, str] = field(default_factory=dict)  # device ID -> inventory name
-    session_saved: float = 0.0  # when the watch's session first reached the broker's disk
-    ledger: SeqLedger = field(default_factory=SeqLedger)
-    dropped: dict[str, int] = field(default_factory=dict)  # device ID -> readings lost on purpose
+class Fleet(WatchedFleet):
+    inventory: list[str] = field(default_factory=list)
 
     def deploy(self, *extra: str) -> PlaybookRun:
         return ansible_playbook(
@@ -86,80 +79,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("watch")
     try:
         watch = FleetWatch(port, fleet_cache(NAME) / "pki" / "ca.crt", Path(), workdir)
-        fleet = Fleet(inventory, watch, {})
+        fleet = Fleet(watch, {}, inventory=inventory)
         run = fleet.deploy()
         assert run.rc == 0, run.output[-3000:]
         password_file = workdir / "consumer.password"
         password_file.touch(mode=0o600)
         password_file.write_text(fleet_passwords(NAME)["consumer"] + "\n")
         fleet.watch.password_file = password_file
-        for n in range(1, DEVICES + 1):
-            env = docker("exec", device(n), "cat", "/etc/edge-agent/agent.env")
-            fleet.ids[device(n)] = next(
-                line.split("=", 1)[1] for line in env.splitlines() if line.startswith("DEVICE_ID=")
-            )
-        fleet.names = {mac: name for name, mac in fleet.ids.items()}
+        fleet.set_ids(
+            {
+                device(n): device_env(device(n), device(n))["DEVICE_ID"]
+                for n in range(1, DEVICES + 1)
+            }
+        )
         yield fleet
     finally:
         ansible_playbook("playbooks/teardown.yml", *inventory)
-
-
-def on(container: str, script: str) -> str:
-    return docker("exec", container, "bash", "-c", script)
-
-
-def open_window(fleet: Fleet) -> float:
-    """Start the consumer and wait until every device is streaming; returns the start time."""
-    started = time.time()
-    fleet.watch.start()
-    assert wait_until(lambda: fleet.watch.caught_up(set(fleet.ids.values()), started), 60, POLL), (
-        "not every device is publishing before the fault"
-    )
-    if not fleet.session_saved:
-        fleet.session_saved = started
-    return started
-
-
-def close_window(fleet: Fleet, test: str, recovery_s: float) -> Window:
-    window = fleet.watch.stop()
-    check_window(fleet, window)
-    totals = window.summary["totals"]
-    RESULTS.append(
-        {
-            "test": test,
-            "recovery_s": round(recovery_s, 1),
-            "missing": sum(fleet.ledger.missing(mac) for mac in fleet.ids.values()),
-            "duplicates": totals["duplicates"],
-            "overflow": totals["agent_overflow"],
-            "reconnects": totals["status_reconnects"],
-            "messages": totals["valid"],
-        }
-    )
-    return window
-
-
-def check_window(fleet: Fleet, window: Window) -> None:
-    """The consumer's accounting, joined with the earlier windows': every seq arrived, except
-    exactly the readings the agents reported dropping."""
-    devices = window.devices
-    assert set(devices) == set(fleet.ids.values()), "some devices sent nothing in the window"
-    assert window.summary["totals"]["invalid"] == 0
-    problems = []
-    for mac, record in devices.items():
-        fleet.ledger.add(mac, record)
-        if fleet.ledger.missing(mac) != fleet.dropped.get(mac, 0):
-            problems.append(
-                f"{fleet.names[mac]}: missing {fleet.ledger.holes(mac)},"
-                f" agent reported {fleet.dropped.get(mac, 0)} dropped"
-            )
-    assert not problems, "\n".join(problems)
-
-
-def wait_caught_up(fleet: Fleet, since: float, devices: set[str] | None = None) -> None:
-    wanted = devices or set(fleet.ids.values())
-    assert wait_until(lambda: fleet.watch.caught_up(wanted, since), CATCH_UP_TIMEOUT, POLL), (
-        f"readings produced after the fault never arrived from {sorted(wanted)}"
-    )
 
 
 def reconnect_times(log: BrokerLog, users: list[str], after: float) -> dict[str, float]:
@@ -172,47 +107,43 @@ def reconnect_times(log: BrokerLog, users: list[str], after: float) -> dict[str,
     return times
 
 
-def agent_restarts(container: str) -> int:
-    return int(on(container, "systemctl show -P NRestarts edge-agent").strip())
-
-
 def test_agent_crash_resumes_from_its_saved_position(fleet: Fleet) -> None:
     target = device(3)
-    restarts_before = agent_restarts(target)
-    open_window(fleet)
+    restarts_before = agent_restarts(target, target)
+    fleet.open_window()
     killed = time.time()
-    on(target, "systemctl kill --signal=SIGKILL edge-agent")
-    assert wait_until(lambda: agent_restarts(target) == restarts_before + 1, 30, POLL)
+    on(target, f"systemctl kill --signal=SIGKILL {agent_unit(target)}")
+    assert wait_until(lambda: agent_restarts(target, target) == restarts_before + 1, 30, POLL)
     assert wait_until(lambda: target in broker_log(BROKER, killed).connects, 30, POLL)
     back = reconnect_times(broker_log(BROKER, killed), [target], killed)[target]
-    wait_caught_up(fleet, time.time())
-    window = close_window(fleet, "agent SIGKILL", back)
+    fleet.wait_caught_up(time.time())
+    window = fleet.close_window("agent SIGKILL", back)
     # A restart resends what was in flight and what was acked after the last state save.
     assert window.devices[fleet.ids[target]]["duplicates"] <= WINDOW + SAVE_EVERY_ACKS
 
 
 def test_device_reboot_brings_the_agent_back_on_boot(fleet: Fleet) -> None:
     target = device(4)
-    open_window(fleet)
+    fleet.open_window()
     rebooted = time.time()
     docker("restart", target)
     assert wait_until(lambda: target in broker_log(BROKER, rebooted).connects, 90, POLL)
     back = reconnect_times(broker_log(BROKER, rebooted), [target], rebooted)[target]
-    assert on(target, "systemctl is-enabled edge-agent").strip() == "enabled"
-    wait_caught_up(fleet, time.time())
-    close_window(fleet, "device reboot", back)
+    assert on(target, f"systemctl is-enabled {agent_unit(target)}").strip() == "enabled"
+    fleet.wait_caught_up(time.time())
+    fleet.close_window("device reboot", back)
 
 
 def test_consumer_away_30s_gets_everything_on_return(fleet: Fleet) -> None:
-    open_window(fleet)
+    fleet.open_window()
     first = fleet.watch.stop()
-    check_window(fleet, first)
+    fleet.check_window(first)
     before = {mac: record["seq_max"] for mac, record in first.devices.items()}
     time.sleep(30)
     returned = time.time()
     fleet.watch.start()
-    wait_caught_up(fleet, returned)
-    window = close_window(fleet, "consumer away 30 s", time.time() - returned)
+    fleet.wait_caught_up(returned)
+    window = fleet.close_window("consumer away 30 s", time.time() - returned)
     for mac, record in window.devices.items():
         # The 30 s of readings the broker held for the consumer: about 60 per device.
         assert record["seq_max"] - before[mac] >= 30 / INTERVAL * 0.8, fleet.names[mac]
@@ -228,12 +159,12 @@ def cut_network(container: str, seconds: float) -> float:
 
 def test_network_cut_60s_delivers_the_backlog(fleet: Fleet) -> None:
     target = device(5)
-    open_window(fleet)
+    fleet.open_window()
     reconnected = cut_network(target, 60)
     assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
     back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
-    wait_caught_up(fleet, time.time())
-    window = close_window(fleet, "network cut 60 s", back)
+    fleet.wait_caught_up(time.time())
+    window = fleet.close_window("network cut 60 s", back)
     record = window.devices[fleet.ids[target]]
     assert record["agent_overflow"] == 0
     assert record["valid"] >= 60 / INTERVAL  # the backlog, delivered late but whole
@@ -242,28 +173,28 @@ def test_network_cut_60s_delivers_the_backlog(fleet: Fleet) -> None:
 def test_network_cut_beyond_the_queue_counts_every_lost_reading(fleet: Fleet) -> None:
     target = device(6)
     mac = fleet.ids[target]
-    env = "/etc/edge-agent/agent.env"
+    env, unit = env_path(target), agent_unit(target)
     # A queue of 10 readings (5 s) on one device, so that a 40 s cut overflows it.
     on(target, f"cp -a {env} /root/agent.env.bak && sed -i 's/^QUEUE_SIZE=.*/QUEUE_SIZE=10/' {env}")
-    on(target, "systemctl restart edge-agent")
+    on(target, f"systemctl restart {unit}")
     try:
-        open_window(fleet)
+        fleet.open_window()
         overflow_before = fleet.watch.snapshot()[mac].overflow
         reconnected = cut_network(target, 40)
         assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
         back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
-        wait_caught_up(fleet, time.time())
+        fleet.wait_caught_up(time.time())
         dropped = fleet.watch.snapshot()[mac].overflow - overflow_before
         assert dropped > 0, "the cut did not overflow the queue"
         # The readings missing at the consumer must be exactly the ones the agent reported.
         fleet.dropped[mac] = fleet.dropped.get(mac, 0) + dropped
-        close_window(fleet, "network cut 40 s, queue overflow", back)
+        fleet.close_window("network cut 40 s, queue overflow", back)
     finally:
-        on(target, f"cp -a /root/agent.env.bak {env} && systemctl restart edge-agent")
+        on(target, f"cp -a /root/agent.env.bak {env} && systemctl restart {unit}")
 
 
 def kill_broker_and_measure(fleet: Fleet, fault: str, inject: Any) -> None:
-    open_window(fleet)
+    fleet.open_window()
     started = time.time()
     inject()
     users = list(fleet.ids)
@@ -277,8 +208,8 @@ def kill_broker_and_measure(fleet: Fleet, fault: str, inject: Any) -> None:
     broker_back = log.starts[-1]
     slowest = max(reconnect_times(log, users, broker_back).values())
     assert slowest <= RECONNECT_LIMIT, f"an agent took {slowest:.1f} s to reconnect"
-    wait_caught_up(fleet, time.time())
-    close_window(fleet, fault, max(reconnect_times(log, users, started).values()))
+    fleet.wait_caught_up(time.time())
+    fleet.close_window(fault, max(reconnect_times(log, users, started).values()))
 
 
 def test_broker_sigkill_loses_nothing(fleet: Fleet) -> None:
@@ -302,13 +233,20 @@ def test_broker_host_reboot_loses_nothing(fleet: Fleet) -> None:
 
 
 def test_redeploy_under_load_restarts_each_agent_once(fleet: Fleet) -> None:
-    open_window(fleet)
+    fleet.open_window()
     started = time.time()
     run = fleet.deploy("-e", "edge_agent_publish_interval=0.4")
     assert run.rc == 0, run.output[-3000:]
+    # The role restarted every agent, each once, and nothing else (one device per host).
+    reports = {
+        host: (r.restarted, r.agents, r.removed) for host, r in agent_reports(run.output).items()
+    }
+    assert reports == dict.fromkeys(fleet.ids, (1, 1, [])), reports
+    starts = {name: agent_starts_since(name, name, started) for name in fleet.ids}
+    assert starts == dict.fromkeys(fleet.ids, 1), starts
     log = broker_log(BROKER, started)
     counts = {user: len(log.connects.get(user, [])) for user in fleet.ids}
     assert counts == dict.fromkeys(fleet.ids, 1), counts
-    wait_caught_up(fleet, time.time())
+    fleet.wait_caught_up(time.time())
     # Recovery: the longest time any one agent was away from the broker for its restart.
-    close_window(fleet, "redeploy under load", max(log.downtime(user) for user in fleet.ids))
+    fleet.close_window("redeploy under load", max(log.downtime(user) for user in fleet.ids))

@@ -13,11 +13,23 @@ from pathlib import Path
 import pytest
 from fleet_helpers import (
     PlaybookRun,
+    active_agents,
+    agent_reports,
+    agent_starts_since,
+    agent_unit,
     ansible_playbook,
+    device_env,
     docker,
+    env_path,
     fleet_containers,
+    fleet_layout,
+    fleet_passwords,
     free_port,
+    private_state_path,
     require_docker,
+    slice_path,
+    state_path,
+    unit_show,
     write_emulated_inventory,
 )
 
@@ -53,6 +65,16 @@ def test_deploy_from_nothing_ends_verified(inventory: list[str]) -> None:
     assert run.rc == 0, run.output[-3000:]
     assert "fleet check met: 4 of 4" in run.output
     assert devices() == [f"{NAME}-pi-000{n}" for n in range(1, 5)]
+    # One device per host: each host carries its device's name and runs that one instance.
+    layout = fleet_layout(inventory, "-e", "device_count=4")
+    assert {host: [d["name"] for d in ds] for host, ds in layout.items()} == {
+        name: [name] for name in devices()
+    }
+    for name in devices():
+        assert active_agents(name) == [name], name
+        assert (
+            docker("exec", name, "systemctl", "is-enabled", agent_unit(name)).strip() == "enabled"
+        )
 
 
 def test_rerun_changes_nothing(inventory: list[str]) -> None:
@@ -68,11 +90,25 @@ def test_check_mode_runs_clean_against_the_fleet(inventory: list[str]) -> None:
     assert run.total("changed") == 0, run.recap()
 
 
-def test_changed_agent_setting_restarts_agents_once(inventory: list[str]) -> None:
+def test_changed_agent_setting_restarts_each_agent_once(inventory: list[str]) -> None:
+    before = {name: unit_show(name, name, "InvocationID", "NRestarts") for name in devices()}
+    started = time.time()
     run = site(inventory, 4, "-e", "edge_agent_publish_interval=2.0")
     assert run.rc == 0, run.output[-3000:]
-    assert run.output.count("RUNNING HANDLER [edge_agent : Restart edge-agent]") == 1
-    assert all(run.recap()[f"{NAME}-pi-000{n}"]["changed"] >= 1 for n in range(1, 5))
+    # The role's own account: on every host, its one agent restarted and nothing removed.
+    reports = {
+        host: (r.restarted, r.agents, r.removed) for host, r in agent_reports(run.output).items()
+    }
+    assert reports == {name: (1, 1, []) for name in devices()}, reports
+    for name in devices():
+        assert run.recap()[name]["changed"] >= 1, run.recap()
+        # systemd's account: started exactly once since the run began, by request, not a crash.
+        assert agent_starts_since(name, name, started) == 1, name
+        after = unit_show(name, name, "InvocationID", "NRestarts", "ActiveState")
+        assert after["InvocationID"] != before[name]["InvocationID"], name
+        assert after["NRestarts"] == before[name]["NRestarts"], name
+        assert after["ActiveState"] == "active", name
+        assert device_env(name, name)["PUBLISH_INTERVAL"] == "2.0", name
 
 
 def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
@@ -80,18 +116,21 @@ def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
     assert run.rc == 0, run.output[-3000:]
     assert devices() == [f"{NAME}-pi-0001", f"{NAME}-pi-0002"]
     assert "fleet check met: 2 of 2" in run.output
+    # The removed devices' MQTT users are revoked.
+    assert sorted(fleet_passwords(NAME)) == sorted(["admin", "consumer", *devices()])
 
 
+DEVICE = f"{NAME}-pi-0001"  # one device per host: its host carries the same name
 BAD_AGENT_CONFIG = {
     # name: (shell command run on the device, text the journal must show)
-    "bad-port": (
-        "sed -i 's/^MQTT_PORT=.*/MQTT_PORT=99999/' /etc/edge-agent/agent.env",
-        "MQTT_PORT",
+    "bad-port": (f"sed -i 's/^MQTT_PORT=.*/MQTT_PORT=99999/' {env_path(DEVICE)}", "MQTT_PORT"),
+    "bad-qos": (f"sed -i 's/^QOS=.*/QOS=7/' {env_path(DEVICE)}", "QOS"),
+    "missing-slice": (
+        f"mv {slice_path(DEVICE)} {slice_path(DEVICE)}.away",
+        slice_path(DEVICE).rsplit("/", 1)[1],
     ),
-    "bad-qos": ("sed -i 's/^QOS=.*/QOS=7/' /etc/edge-agent/agent.env", "QOS"),
-    "missing-slice": ("mv /opt/edge-agent/slice.csv /opt/edge-agent/slice.csv.away", "slice.csv"),
     "unreadable-state": (
-        "cd /var/lib/edge-agent && chown root:root state.json && chmod 0600 state.json",
+        f"cd {state_path(DEVICE)} && chown root:root state.json && chmod 0600 state.json",
         "state.json",
     ),
 }
@@ -102,33 +141,33 @@ def test_agent_config_error_stops_the_service_without_a_crash_loop(
     inventory: list[str], case: str
 ) -> None:
     command, named = BAD_AGENT_CONFIG[case]
-    device = f"{NAME}-pi-0001"
+    unit = agent_unit(DEVICE)
 
     def on_device(script: str) -> str:
-        return docker("exec", device, "bash", "-c", script)
+        return docker("exec", DEVICE, "bash", "-c", script)
 
-    backup = "cp -a /etc/edge-agent/agent.env /root/agent.env.bak"
+    env, slice_csv, state = env_path(DEVICE), slice_path(DEVICE), private_state_path(DEVICE)
+    backup = f"cp -a {env} /root/device.env.bak"
     restore = (
-        "cp -a /root/agent.env.bak /etc/edge-agent/agent.env;"
-        " cd /opt/edge-agent && { [ ! -e slice.csv.away ] || mv slice.csv.away slice.csv; };"
-        " chown edge-agent:edge-agent /var/lib/edge-agent/state.json;"
-        " systemctl reset-failed edge-agent; systemctl restart edge-agent"
+        f"cp -a /root/device.env.bak {env};"
+        f" {{ [ ! -e {slice_csv}.away ] || mv {slice_csv}.away {slice_csv}; }};"
+        # The state file belongs to the instance's dynamic user, who owns its directory.
+        f" chown --reference={state} {state}/state.json;"
+        f" systemctl reset-failed {unit}; systemctl restart {unit}"
     )
     # Stopped first: on SIGTERM the agent rewrites its state file, which would undo the damage.
-    on_device(f"{backup} && systemctl stop edge-agent && {command} && systemctl start edge-agent")
+    on_device(f"{backup} && systemctl stop {unit} && {command} && systemctl start {unit}")
     try:
         time.sleep(8)  # several RestartSec periods: a crash loop would show restarts
-        status = on_device(
-            "systemctl show -p ActiveState -p ExecMainStatus -p NRestarts edge-agent.service"
-        )
-        journal = on_device("journalctl -u edge-agent.service -n 20 --no-pager -o cat")
+        status = on_device(f"systemctl show -p ActiveState -p ExecMainStatus -p NRestarts {unit}")
+        journal = on_device(f"journalctl -u {unit} -n 20 --no-pager -o cat")
         assert "ActiveState=failed" in status, status
         assert "ExecMainStatus=2" in status, status
         assert "NRestarts=0" in status, status
         assert named in journal, journal
     finally:
         on_device(restore + "; true")
-    assert "ActiveState=active" in on_device("sleep 2; systemctl show -p ActiveState edge-agent")
+    assert "ActiveState=active" in on_device(f"sleep 2; systemctl show -p ActiveState {unit}")
 
 
 def test_teardown_leaves_no_fleet_containers(inventory: list[str]) -> None:

@@ -10,23 +10,27 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import paho.mqtt.client as mqtt
 import pytest
 from fleet_helpers import (
+    MqttClient,
+    agent_unit,
     ansible_playbook,
+    as_agent_of,
+    device_env,
     docker,
+    env_path,
     fleet_cache,
     fleet_passwords,
     free_port,
     require_docker,
+    unit_show,
     write_emulated_inventory,
 )
 
@@ -87,56 +91,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         ansible_playbook("playbooks/teardown.yml", *args)
 
 
-class Client:
-    """A paho client that records its CONNACK and what it receives."""
-
-    def __init__(
-        self,
-        fleet: Fleet,
-        user: Optional[str],
-        password: Optional[str] = None,
-        host: str = "127.0.0.1",
-        port: Optional[int] = None,
-        ca: Optional[Path] = None,
-        tls: bool = True,
-        cert: Optional[tuple[Path, Path]] = None,
-    ) -> None:
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"sectest-{uuid.uuid4().hex[:8]}"
-        )
-        if user is not None:
-            self.client.username_pw_set(
-                user, password if password is not None else fleet.passwords[user]
-            )
-        if tls:
-            certfile, keyfile = (str(cert[0]), str(cert[1])) if cert else (None, None)
-            self.client.tls_set(ca_certs=str(ca or fleet.ca), certfile=certfile, keyfile=keyfile)
-        self.connack: Optional[Any] = None
-        self.error: Optional[BaseException] = None
-        self.received: list[tuple[str, bytes]] = []
-        self.connected = threading.Event()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, msg: self.received.append((msg.topic, msg.payload))
-        try:
-            self.client.connect(host, port or fleet.port, keepalive=10)
-        except (OSError, ssl.SSLError) as exc:
-            self.error = exc
-            return
-        self.client.loop_start()
-        self.connected.wait(10)
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self.connack = reason
-        self.connected.set()
-
-    @property
-    def accepted(self) -> bool:
-        return self.error is None and self.connack is not None and not self.connack.is_failure
-
-    def close(self) -> None:
-        if self.error is None:
-            self.client.disconnect()
-            self.client.loop_stop()
+def Client(
+    fleet: Fleet,
+    user: Optional[str],
+    password: Optional[str] = None,
+    host: str = "127.0.0.1",
+    port: Optional[int] = None,
+    ca: Optional[Path] = None,
+    tls: bool = True,
+    cert: Optional[tuple[Path, Path]] = None,
+) -> MqttClient:
+    """A client of the fleet's broker; a user's password comes from the credentials file."""
+    if user is not None and password is None:
+        password = fleet.passwords[user]
+    return MqttClient(port or fleet.port, ca or fleet.ca, user, password, host, tls, cert)
 
 
 def test_the_consumer_and_the_devices_log_in(fleet: Fleet) -> None:
@@ -235,14 +203,32 @@ def test_credentials_stay_out_of_ansible_output_and_journals(fleet: Fleet) -> No
         docker("exec", name, "journalctl", "--no-pager", "-o", "cat")
         for name in [f"{NAME}-broker", *fleet.device_ids]
     )
-    env_files = docker("exec", f"{NAME}-pi-0001", "cat", "/etc/edge-agent/agent.env")
-    assert fleet.passwords[f"{NAME}-pi-0001"] in env_files  # the check below can find them
+    env_file = device_env(f"{NAME}-pi-0001", f"{NAME}-pi-0001")
+    assert env_file["MQTT_PASSWORD"] == fleet.passwords[f"{NAME}-pi-0001"]  # the check can find it
     for user, password in fleet.passwords.items():
         assert password not in fleet.deploy_output, f"{user}'s password in ansible-playbook -v"
         assert password not in journals, f"{user}'s password in a journal"
 
 
-MTLS_NAME = "edge-mtlstest"
+def test_the_agent_runs_unprivileged_and_cannot_read_its_own_secrets(fleet: Fleet) -> None:
+    for device in fleet.device_ids:  # one device per host: the host carries its name
+        unit = unit_show(device, device, "User", "DynamicUser", "MainPID", "ActiveState")
+        assert unit["User"] == f"edge-agent-{device}", unit
+        assert unit["DynamicUser"] == "yes" and unit["ActiveState"] == "active", unit
+        uid = docker("exec", device, "stat", "-c", "%u", f"/proc/{unit['MainPID']}").strip()
+        assert uid != "0", f"{device}'s agent runs as root"
+        stat = docker("exec", device, "stat", "-c", "%a %U %G", env_path(device), "/etc/edge-agent")
+        assert stat.split("\n")[0].split() == ["600", "root", "root"], stat
+        # systemd reads the file as root before dropping privileges; the agent itself cannot.
+        denied = as_agent_of(device, device, f"cat {env_path(device)}")
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+        # The positive twin: the same identity reads what it is meant to (its shared zipapp).
+        allowed = as_agent_of(device, device, "head -c 2 /opt/edge-agent/edge-agent.pyz")
+        assert allowed.returncode == 0, allowed.stderr
+
+
+# Device names (<MTLS_NAME>-pi-0001) name the agents' Unix users: at most 20 characters.
+MTLS_NAME = "edge-mtls"
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +264,14 @@ def test_mutual_tls_needs_a_client_certificate_from_the_fleet_ca(mtls_fleet: Fle
     without_cert = Client(mtls_fleet, "consumer")
     without_cert.close()
     assert not without_cert.accepted
-    key_mode = docker(
-        "exec", f"{MTLS_NAME}-pi-0001", "stat", "-c", "%a %U", "/etc/edge-agent/client.key"
-    )
-    assert key_mode.split() == ["600", "edge-agent"]
+    # The device's key is root's; systemd hands it to the instance alone (LoadCredential).
+    device = f"{MTLS_NAME}-pi-0001"
+    key = f"/etc/edge-agent/devices/{device}/client.key"
+    assert docker("exec", device, "stat", "-c", "%a %U", key).split() == ["600", "root"]
+    env = device_env(device, device)
+    assert env["MQTT_TLS_CERT"] == f"/run/credentials/{agent_unit(device)}/client.crt", env
+    assert env["MQTT_TLS_KEY"] == f"/run/credentials/{agent_unit(device)}/client.key", env
+    denied = as_agent_of(device, device, f"cat {key}")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    handed = as_agent_of(device, device, f"head -c 27 {env['MQTT_TLS_KEY']}")
+    assert handed.returncode == 0 and handed.stdout.startswith("-----BEGIN"), handed

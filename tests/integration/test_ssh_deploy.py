@@ -15,7 +15,9 @@ import pytest
 import yaml
 from fleet_helpers import (
     ROOT,
+    active_agents,
     ansible_playbook,
+    device_env,
     docker,
     free_port,
     require_docker,
@@ -96,6 +98,15 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
         journal = docker("exec", name, "journalctl", "--no-pager", "-o", "cat")
         assert "Accepted publickey for pi" in journal, name
         assert re.search(r"\bpi : .*; USER=root ; COMMAND=", journal), name
+
+    # A hand-written inventory runs one device per host, named after it, whose ID is the
+    # host's own MAC (the physical path learns it from the host's network facts).
+    for n in range(1, DEVICES + 1):
+        name = f"{NAME}-pi-{n:04d}"
+        assert active_agents(name) == [name], name
+        env = device_env(name, name)
+        mac = docker("exec", name, "cat", "/sys/class/net/eth0/address").strip()
+        assert (env["DEVICE_ID"], env["MQTT_USERNAME"]) == (mac, name), env
 
     rerun = ansible_playbook("site.yml", "-i", str(inventory), *controller_view)
     assert rerun.rc == 0, rerun.output[-4000:]
