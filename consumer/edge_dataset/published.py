@@ -1,4 +1,7 @@
-"""The published figures of the real dataset (see /work/shared/dataset.md), in one place."""
+"""The published figures of the real dataset, in one place.
+
+Kaggle garystafford/environmental-sensor-data-132k (CC0), as its page describes it.
+"""
 
 from __future__ import annotations
 
