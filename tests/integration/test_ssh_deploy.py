@@ -8,6 +8,7 @@ group_vars and a generated hosts file that points at these hosts' loopback SSH p
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,15 +52,31 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
     ansible_playbook("playbooks/teardown.yml", *args)
 
 
-def physical_inventory(directory: Path) -> Path:
+def physical_inventory(directory: Path, record_keys: bool = True) -> Path:
     """A lab hosts file, as a user would write it, plus the project's physical group_vars."""
     key = ROOT / ".cache" / "fleet" / "ssh" / "id_ed25519"
+    directory.mkdir(parents=True)
+    # The README's lab step: record each host's key first; Ansible then checks it.
+    known_hosts = directory / "known_hosts"
+    ports = [SSH_PORT_BASE + n for n in range(DEVICES + 1)]
+    scans = [
+        subprocess.run(
+            ["ssh-keyscan", "-p", str(port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        for port in ports
+    ]
+    known_hosts.write_text("".join(scans) if record_keys else "")
 
     def host(port: int) -> dict[str, object]:
         return {
             "ansible_host": "127.0.0.1",
             "ansible_port": port,
             "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts}",
         }
 
     devices = {f"{NAME}-pi-{n:04d}": host(SSH_PORT_BASE + n) for n in range(1, DEVICES + 1)}
@@ -71,7 +88,6 @@ def physical_inventory(directory: Path) -> Path:
             }
         }
     }
-    directory.mkdir(parents=True)
     (directory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     (directory / "group_vars").symlink_to(ROOT / "inventories" / "physical" / "group_vars")
     return directory
@@ -111,3 +127,13 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
     rerun = ansible_playbook("site.yml", "-i", str(inventory), *controller_view)
     assert rerun.rc == 0, rerun.output[-4000:]
     assert rerun.total("changed") == 0, rerun.recap()
+
+
+def test_a_lab_host_with_an_unknown_key_is_refused(emulated: dict[str, object], tmp_path: Path):
+    """A real lab keeps host-key checking: a host whose key was never recorded is unreachable."""
+    inventory = physical_inventory(tmp_path / "unscanned", record_keys=False)
+    run = ansible_playbook("playbooks/identity.yml", "-i", str(inventory), "-e", "device_count=1")
+    assert run.rc != 0
+    # ssh says "Host key verification failed"; Mitogen, which runs ssh, says so in its own words.
+    failure = re.search(r"host key verification failed|mismatching host key", run.output, re.I)
+    assert failure, run.output[-3000:]
