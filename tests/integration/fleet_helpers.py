@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -82,13 +83,16 @@ class PlaybookRun:
         return "\n".join(failed) + "\n...\n" + self.output[-tail:]
 
 
-def ansible_playbook(*args: str, timeout: float = 1800) -> PlaybookRun:
+def ansible_playbook(
+    *args: str, timeout: float = 1800, env: dict[str, str] | None = None
+) -> PlaybookRun:
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr)
 
