@@ -11,7 +11,8 @@ per PUBACK. This subclass changes only the receive side:
 * everything else (CONNACK, SUBACK, QoS 2, PUBLISH with properties, partial packets)
   goes through paho's own code;
 * sends the PUBACKs of a batch together, after the callback returned for each message,
-  so QoS 1 still acknowledges only processed messages.
+  so QoS 1 still acknowledges only processed messages; they go out before paho handles
+  another packet, so acknowledgements keep the order of their PUBLISHes (MQTT-4.6.0-2/3).
 
 It overrides private paho methods, so it is used only when they look as expected
 (paho-mqtt 2.x; the dependency is pinned <3); otherwise, or with EDGE_CONSUMER_STOCK_PAHO=1,
@@ -28,6 +29,7 @@ from typing import Any, Callable, Optional
 import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import MQTTErrorCode, MQTTMessage
+from paho.mqtt.exception import MalformedPacket
 
 _HOOKS = (
     "_sock_recv",
@@ -95,22 +97,32 @@ class FastClient(mqtt.Client):
             for _ in range(REFILLS_PER_LOOP):
                 rc = self._drain()
                 if rc:
-                    return self._loop_rc_handle(rc)
+                    return self._close(rc)
                 if self._sock is None:
                     return MQTTErrorCode.MQTT_ERR_NO_CONN
                 # Buffer empty or holding a partial packet: paho reads on (refilling it).
                 rc = self._packet_read()
                 if rc > 0:
-                    return self._loop_rc_handle(rc)
+                    return self._close(rc)
                 if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                     break
             # Leave no complete packet buffered: select() would not wake up for it.
             rc = self._drain()
             if rc:
-                return self._loop_rc_handle(rc)
+                return self._close(rc)
         finally:
             self._flush_acks()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _close(self, rc: MQTTErrorCode) -> MQTTErrorCode:
+        # As stock paho has, acknowledge the messages handled before the error, then close.
+        self._flush_acks()
+        return self._loop_rc_handle(rc)
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        # paho acknowledges (PUBACK/PUBREC/PUBCOMP) as it handles: our earlier ones go first.
+        self._flush_acks()
+        return super()._packet_handle()
 
     def _flush_acks(self) -> None:
         acks = self._acks
@@ -169,6 +181,8 @@ class FastClient(mqtt.Client):
                 self._in_packet = packet
                 try:
                     rc = self._packet_handle()
+                except MalformedPacket:  # as paho's _packet_read: drop the connection
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
                 finally:
                     self._in_packet = _empty_in_packet()
                 if rc or self._sock is None:
@@ -182,7 +196,7 @@ class FastClient(mqtt.Client):
     def _fast_publish(self, cmd: int, buf: bytes, start: int, end: int) -> bool:
         """Decode a property-less QoS 0/1 MQTTv5 PUBLISH; False leaves it to paho."""
         qos = (cmd & 0x06) >> 1
-        if qos == 2 or self._protocol != mqtt.MQTTv5 or self._manual_ack:
+        if qos > 1 or self._protocol != mqtt.MQTTv5 or self._manual_ack:
             return False
         try:
             pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
