@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from collections import deque
+from operator import attrgetter
 from typing import Callable, Optional, TextIO
 
 from .config import AgentConfig, ConfigError
 from .dataset import Slice
 from .pacing import Pacer
+from .protocol import DATA_FIELDS, telemetry
 from .publisher import Publisher
-from .state import State, load_state, save_state
+from .state import State, load_state, new_epoch, save_state
 from .wake import Waker
 
 log = logging.getLogger("edge_agent")
@@ -23,6 +24,7 @@ SAVE_EVERY_ACKS = 10
 SAVE_EVERY_SECONDS = 1.0
 OVERFLOW_LOG_EVERY = 10.0  # s: one WARNING per period, not one per dropped reading
 HAND_OVER_MAX = 100  # readings handed to MQTT per loop pass
+_data_values = attrgetter(*DATA_FIELDS)  # a Reading's payload `data`, in DATA_FIELDS order
 
 
 class ReadingQueue:
@@ -61,8 +63,6 @@ class ReadingQueue:
 class DryRunSink:
     """Stands in for Publisher in --dry-run: prints each payload and acks it at once."""
 
-    connected = True
-    inflight = 0
     reconnects = 0
 
     def __init__(self, out: TextIO, on_ack: Callable[[int], None], waker: Waker) -> None:
@@ -97,8 +97,9 @@ class Agent:
         self.readings = readings
         self.pacer = Pacer(config.interval, config.rate, config.replay_speed, readings)
         self.stopping = False
-        state = State() if config.dry_run else self._initial_state()
+        state = State(epoch=new_epoch()) if config.dry_run else self._initial_state()
         self.overflow = state.overflow
+        self.epoch = state.epoch
         rows = len(readings)
         if state.cursor >= rows:
             log.warning("saved cursor %d is past the slice (%d rows); wrapping", state.cursor, rows)
@@ -127,7 +128,9 @@ class Agent:
                 state.device_id,
                 self.config.device_id,
             )
-            state = State(overflow=0)
+            state = State()
+        if state.epoch is None:  # first start (or a state file from before epochs)
+            state = state._replace(epoch=new_epoch())
         try:  # fail at startup, not at the first ack, if the directory is not writable
             save_state(self.config.state_dir, self._with_device(state))
         except OSError as e:
@@ -137,7 +140,7 @@ class Agent:
         return state
 
     def _with_device(self, state: State) -> State:
-        return State(state.seq, state.cursor, state.overflow, self.config.device_id)
+        return state._replace(device_id=self.config.device_id)
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -154,7 +157,7 @@ class Agent:
             seq, row = self.queue.head_seq, self.queue.head_row
         else:
             seq, row = self.next_seq, self.next_row
-        return State(seq, row, self.overflow, self.config.device_id)
+        return State(seq, row, self.overflow, self.config.device_id, self.epoch)
 
     def save(self, force: bool = False) -> None:
         """Write the watermark if it changed: at once after SAVE_EVERY_ACKS acks, else at most
@@ -187,28 +190,20 @@ class Agent:
 
     def payload(self, seq: int, row: int, ts: float) -> bytes:
         r = self.readings[row]
-        message = {
-            "device_id": self.config.device_id,
-            "device_name": self.config.device_name,
-            "ts": ts,
-            "seq": seq,
-            "data": {
-                "temp": r.temp,
-                "humidity": r.humidity,
-                "co": r.co,
-                "lpg": r.lpg,
-                "smoke": r.smoke,
-                "light": r.light,
-                "motion": r.motion,
-            },
-            "source": {"device": r.device, "ts": r.ts},
-            "stats": {
+        return telemetry(
+            self.config.device_id,
+            self.config.device_name,
+            ts,
+            seq,
+            dict(zip(DATA_FIELDS, _data_values(r))),
+            source={"device": r.device, "ts": r.ts},
+            stats={
                 "overflow": self.overflow,
                 "reconnects": self.sink.reconnects,
                 "skipped_rows": self.readings.skipped,
             },
-        }
-        return json.dumps(message, separators=(",", ":")).encode()
+            epoch=self.epoch,
+        )
 
     # -- main loop --------------------------------------------------------------------
 
@@ -240,7 +235,7 @@ class Agent:
             self.sink.publish(seq, self.payload(seq, row, ts))
 
     def run(self) -> int:
-        count = self.config.count
+        count = self.config.max_readings
         produced = 0
         next_due = time.monotonic()
         while not self.stopping:

@@ -9,25 +9,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
+from .protocol import MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX, status_topic, telemetry_topic
+
 if TYPE_CHECKING:
     import argparse
 
 PROG = "edge-agent"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# Shared with the consumer (and its --log-level choices).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(Exception):
-    """A configuration or data problem; the CLI prints it on one line and exits 2."""
+    """A configuration or data problem; the CLI prints it on one line and exits 2.
+
+    Shared with the consumer, whose argparse errors have no setting (empty)."""
 
     def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
+        super().__init__(f"{setting}: {message}" if setting else message)
         self.setting = setting
         self.message = message
 
@@ -54,16 +57,15 @@ class AgentConfig(NamedTuple):
     replay_speed: Optional[float] = None
     rate: Optional[float] = None
     dry_run: bool = False
-    count: Optional[int] = None
-    config_path: Optional[str] = None
+    max_readings: Optional[int] = None  # --count (a field named count would hide tuple.count)
 
     @property
     def telemetry_topic(self) -> str:
-        return f"{self.topic_prefix}/{self.device_id}"
+        return telemetry_topic(self.device_id, self.topic_prefix)
 
     @property
     def status_topic(self) -> str:
-        return f"{self.status_prefix}/{self.device_id}"
+        return status_topic(self.device_id, self.status_prefix)
 
 
 # --- value parsers: each raises ValueError with a short reason ---------------------------
@@ -152,8 +154,12 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("MQTT_TLS_CERT", "tls_cert", "--tls-cert", _text, None),
     _Setting("MQTT_TLS_KEY", "tls_key", "--tls-key", _text, None),
     _Setting("MQTT_CLIENT_ID", "client_id", "--client-id", _text, None),
-    _Setting("TOPIC_PREFIX", "topic_prefix", "--topic-prefix", parse_topic_prefix, "iot/telemetry"),
-    _Setting("STATUS_PREFIX", "status_prefix", "--status-prefix", parse_topic_prefix, "iot/status"),
+    _Setting(
+        "TOPIC_PREFIX", "topic_prefix", "--topic-prefix", parse_topic_prefix, TELEMETRY_PREFIX
+    ),
+    _Setting(
+        "STATUS_PREFIX", "status_prefix", "--status-prefix", parse_topic_prefix, STATUS_PREFIX
+    ),
     _Setting("QOS", "qos", "--qos", _qos, "1"),
     _Setting("PUBLISH_INTERVAL", "interval", "--interval", parse_positive_float, "5.0"),
     _Setting("DATASET_PATH", "dataset_path", "--dataset", _text, None),
@@ -331,15 +337,15 @@ def load_config(
     if values["tls_cert"] and not values["tls_ca"]:
         raise ConfigError("MQTT_TLS_CERT", "client certificates need MQTT_TLS_CA (TLS is off)")
 
-    flag_only: dict[str, Any] = {"dry_run": args["dry_run"], "config_path": args["config"]}
-    for name, flag, parse in (
-        ("replay_speed", "--replay-speed", parse_positive_float),
-        ("rate", "--rate", parse_positive_float),
-        ("count", "--count", parse_positive_int),
+    flag_only: dict[str, Any] = {"dry_run": args["dry_run"]}
+    for field, dest, flag, parse in (
+        ("replay_speed", "replay_speed", "--replay-speed", parse_positive_float),
+        ("rate", "rate", "--rate", parse_positive_float),
+        ("max_readings", "count", "--count", parse_positive_int),
     ):
-        raw = args[name]
+        raw = args[dest]
         try:
-            flag_only[name] = None if raw is None else parse(raw)
+            flag_only[field] = None if raw is None else parse(raw)
         except ValueError as e:
             raise ConfigError(flag, str(e)) from None
     return AgentConfig(**values, **flag_only)

@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from typing import BinaryIO, NamedTuple
 
 from .config import ConfigError
-
-COLUMNS = ("ts", "device", "co", "humidity", "light", "lpg", "motion", "smoke", "temp")
-FLOAT_COLUMNS = ("co", "humidity", "lpg", "smoke", "temp")
+from .protocol import COLUMNS
 
 
-class Reading(NamedTuple):
+class Reading(NamedTuple):  # fields in COLUMNS order (a unit test checks it)
     ts: float
     device: str
     co: float

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import AgentConfig
+from .protocol import STATUS_OFFLINE, STATUS_ONLINE
 from .wake import Waker
 
 log = logging.getLogger("edge_agent.mqtt")
@@ -40,6 +42,11 @@ def backoff_delay(failures: int, rng: Callable[[float, float], float] = random.u
     return rng(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures, 16)))
 
 
+def _time(value: object) -> Optional[float]:
+    """value if it is a number (paho's private clock readings), else None."""
+    return value if isinstance(value, (int, float)) else None
+
+
 class Publisher:
     def __init__(self, config: AgentConfig, on_ack: Callable[[int], None], waker: Waker) -> None:
         self.config = config
@@ -57,7 +64,7 @@ class Publisher:
         self._misc_at = 0.0  # when loop_misc() last ran
 
         client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
         )
@@ -67,7 +74,7 @@ class Publisher:
         if config.tls_ca:
             # tls_set keeps CERT_REQUIRED and hostname checking (tls_insecure stays False).
             client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key)
-        client.will_set(config.status_topic, "offline", qos=1, retain=True)
+        client.will_set(config.status_topic, STATUS_OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -82,7 +89,7 @@ class Publisher:
         now = time.monotonic()
         if now < self._next_attempt:
             return
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY
         try:
             self.client.connect(
@@ -121,7 +128,7 @@ class Publisher:
             self.config.port,
             flags.session_present,
         )
-        self._publish_status("online")
+        self._publish_status(STATUS_ONLINE)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -131,10 +138,6 @@ class Publisher:
             self._schedule_retry(f"disconnected from broker ({reason})")
 
     # -- publishing -------------------------------------------------------------------
-
-    @property
-    def inflight(self) -> int:
-        return len(self._inflight)
 
     def can_publish(self) -> bool:
         return self.connected and len(self._inflight) < self.window
@@ -205,10 +208,10 @@ class Publisher:
         # of paho 2.0-2.2 (_last_bytes_received was _last_msg_in before 2.2). paho's clock is
         # time.monotonic, like ours.
         c = self.client
-        out = getattr(c, "_last_msg_out", None)
-        got = getattr(c, "_last_bytes_received", getattr(c, "_last_msg_in", None))
-        ping = getattr(c, "_ping_t", None)  # 0: no ping outstanding
-        if not all(isinstance(t, (int, float)) for t in (out, got, ping)):
+        out = _time(getattr(c, "_last_msg_out", None))
+        got = _time(getattr(c, "_last_bytes_received", getattr(c, "_last_msg_in", None)))
+        ping = _time(getattr(c, "_ping_t", None))  # 0: no ping outstanding
+        if out is None or got is None or ping is None:
             return time.monotonic() + KEEPALIVE_POLL
         due = min(out, got, ping or got) + KEEPALIVE
         # loop_misc() ran after `due` and did nothing: never spin on a paho we misread.
@@ -224,7 +227,7 @@ class Publisher:
                 "%d readings still un-acked at shutdown; resent after restart", len(self._inflight)
             )
         if self.connected:
-            mid = self._publish_status("offline")
+            mid = self._publish_status(STATUS_OFFLINE)
             self._wait_while(lambda: mid in self._status_mids, 1.0)
             self._closing = True
             self.client.disconnect()  # written at once unless the socket is full

@@ -7,6 +7,7 @@ import os
 from typing import NamedTuple, Optional
 
 from .config import ConfigError
+from .protocol import EPOCH_BITS
 
 STATE_FILE = "state.json"
 
@@ -16,6 +17,17 @@ class State(NamedTuple):  # not a dataclass: dataclasses imports inspect (~1.5 M
     cursor: int = 0  # slice row index for that seq
     overflow: int = 0  # readings dropped by queue overflow since the first start
     device_id: Optional[str] = None
+    # Names this run of seqs: picked when the agent starts without state (new_epoch()), so
+    # that a consumer tells a wiped device starting again at seq 0 from duplicates.
+    epoch: Optional[int] = None
+
+
+def new_epoch() -> int:
+    """A random epoch: EPOCH_BITS bits, exact as a JSON number everywhere (jq, JavaScript).
+
+    Random, not a clock reading: a Pi has no real-time clock, and after a wipe it may boot
+    with the same fake time as before."""
+    return int.from_bytes(os.urandom(EPOCH_BITS // 8), "big")
 
 
 def state_path(state_dir: str) -> str:
@@ -45,11 +57,15 @@ def load_state(state_dir: str) -> State:
     device_id = data.get("device_id")
     if device_id is not None and not isinstance(device_id, str):
         raise ConfigError("STATE_DIR", f"{path} is corrupt (device_id must be a string)")
+    epoch = data.get("epoch")  # absent in files written before epochs existed
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        raise ConfigError("STATE_DIR", f"{path} is corrupt (epoch must be an integer >= 0)")
     return State(
         seq=data.get("seq", 0),
         cursor=data.get("cursor", 0),
         overflow=data.get("overflow", 0),
         device_id=device_id,
+        epoch=epoch,
     )
 
 

@@ -10,7 +10,15 @@ import math
 from bisect import bisect_right
 from typing import Optional, Union
 
-from .validation import REASONS, Telemetry, Validator, device_from_topic
+from edge_agent.protocol import (
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    STATUS_PREFIX,
+    TELEMETRY_PREFIX,
+    device_from_topic,
+)
+
+from .validation import REASONS, Telemetry, Validator
 
 # Latency histogram: bucket 0 holds <= 0.1 ms (and negative values from clock skew); bucket
 # b >= 1 holds (0.1 ms * 1.05**(b-1), 0.1 ms * 1.05**b], so quantiles are within 5 %.
@@ -134,13 +142,17 @@ class DeviceStats:
         "agent_reconnects",
         "agent_skipped",
         "device_id",
+        "epoch",
         "first_seen",
         "invalid",
         "last_seen",
         "latency",
         "name",
         "onlines",
+        "past_distinct",
+        "past_gaps",
         "received",
+        "resets",
         "seqs",
         "status",
         "status_changes",
@@ -155,7 +167,11 @@ class DeviceStats:
         self.invalid: dict[str, int] = {}
         self.first_seen = now  # of telemetry; reset by the first message
         self.last_seen = now
-        self.seqs = SeqSet()
+        self.seqs = SeqSet()  # of the current epoch
+        self.epoch: Optional[int] = None  # the latest epoch heard (None: none yet, old agents)
+        self.resets = 0  # epoch changes: the device lost its state and started at seq 0 again
+        self.past_distinct = 0  # distinct seqs and gaps of the epochs before the current one
+        self.past_gaps = 0
         self.latency = Histogram()
         self.status: Optional[str] = None  # online/offline from the retained status topic
         self.status_changes = 0
@@ -166,11 +182,19 @@ class DeviceStats:
 
     @property
     def duplicates(self) -> int:
-        return self.valid - self.seqs.distinct
+        return self.valid - self.past_distinct - self.seqs.distinct
 
     @property
     def gaps(self) -> int:
-        return self.seqs.gaps
+        return self.past_gaps + self.seqs.gaps
+
+    def reset(self, epoch: int) -> None:
+        """A new epoch: the agent starts its seqs again; the old epoch's counts are kept."""
+        self.resets += 1
+        self.past_distinct += self.seqs.distinct
+        self.past_gaps += self.seqs.gaps
+        self.seqs = SeqSet()
+        self.epoch = epoch
 
     @property
     def invalid_total(self) -> int:
@@ -193,8 +217,8 @@ class Accounting:
 
     def __init__(
         self,
-        topic_prefix: str = "iot/telemetry",
-        status_prefix: str = "iot/status",
+        topic_prefix: str = TELEMETRY_PREFIX,
+        status_prefix: str = STATUS_PREFIX,
         max_payload: int = 4096,
     ) -> None:
         self.validator = Validator(topic_prefix, max_payload)
@@ -206,7 +230,6 @@ class Accounting:
         self.invalid: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.bad_status = 0  # status messages that are neither online nor offline
         self.latency = Histogram()
-        self.started: Optional[float] = None
         self.first_message: Optional[float] = None
         self.last_message: Optional[float] = None
 
@@ -227,12 +250,12 @@ class Accounting:
             self.invalid[result] += 1
             device_id = device_from_topic(topic, self.topic_prefix) if topic else None
             if device_id is not None:
-                dev = self._device(device_id, now)
-                if not dev.received:
-                    dev.first_seen = now
-                dev.received += 1
-                dev.last_seen = now
-                dev.invalid[result] = dev.invalid.get(result, 0) + 1
+                bad = self._device(device_id, now)
+                if not bad.received:
+                    bad.first_seen = now
+                bad.received += 1
+                bad.last_seen = now
+                bad.invalid[result] = bad.invalid.get(result, 0) + 1
             return result
 
         t: Telemetry = result  # type: ignore[assignment]
@@ -246,6 +269,12 @@ class Accounting:
         dev.received += 1
         dev.valid += 1
         dev.last_seen = now
+        epoch = t.epoch
+        if epoch is not None and epoch != dev.epoch:
+            if dev.epoch is None:  # first epoch heard: a new device, or an upgraded agent
+                dev.epoch = epoch
+            else:
+                dev.reset(epoch)
         dev.seqs.add(t.seq)
         bucket = latency_bucket(now - t.ts)
         dev.latency.add_bucket(bucket)
@@ -266,7 +295,7 @@ class Accounting:
         if not payload:  # an empty retained message clears the status: nothing to record
             return None
         status = payload.decode("utf-8", "replace").strip()
-        if status not in ("online", "offline"):
+        if status not in (STATUS_ONLINE, STATUS_OFFLINE):
             self.bad_status += 1
             return None
         dev = self.devices.get(device_id)
@@ -276,7 +305,7 @@ class Accounting:
         if dev.status is not None and dev.status != status:
             dev.status_changes += 1
         dev.status = status
-        if status == "online":
+        if status == STATUS_ONLINE:
             dev.onlines += 1
         return status
 

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from edge_agent.config import ConfigError
+
 from .accounting import Accounting
-from .config import PROG, ConfigError, ConsumerConfig, load_config
+from .config import PROG, ConsumerConfig, load_config
 from .fleetcheck import CheckResult, evaluate
 from .output import make_emitters
 from .subscriber import Subscriber
@@ -109,6 +111,7 @@ def run(config: ConsumerConfig) -> int:
             "min_messages": config.min_messages,
             "missing": list(check.missing),
             "too_little": [list(t) for t in check.too_little],
+            "unexpected": list(check.unexpected),
         }
     if config.summary:
         print_summary(summary, sys.stdout)
@@ -129,6 +132,8 @@ def run(config: ConsumerConfig) -> int:
                 f" >= {config.min_messages} valid messages in {elapsed:.1f} s",
                 file=sys.stderr,
             )
+            for line in check.note_lines():
+                print(f"{PROG}: {line}", file=sys.stderr)
             return 0
         for line in check.failure_lines(config.min_messages):
             print(f"{PROG}: {line}", file=sys.stderr)

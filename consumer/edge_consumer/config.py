@@ -11,26 +11,18 @@ from pathlib import Path
 from typing import Callable, NoReturn, Optional, TypeVar
 
 from edge_agent.config import (
-    MAC_RE,
+    LOG_LEVELS,
+    ConfigError,
     parse_port,
     parse_positive_float,
     parse_positive_int,
     parse_topic_prefix,
 )
+from edge_agent.protocol import MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX
 
 PROG = "edge-consumer"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("pretty", "json", "none")
 T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A usage problem; the CLI prints it on one line and exits 2."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}" if setting else message)
-        self.setting = setting
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -44,8 +36,8 @@ class ConsumerConfig:
     tls_key: Optional[str] = None
     client_id: str = "edge-consumer"
     persistent: bool = False
-    topic_prefix: str = "iot/telemetry"
-    status_prefix: str = "iot/status"
+    topic_prefix: str = TELEMETRY_PREFIX
+    status_prefix: str = STATUS_PREFIX
     max_payload: int = 4096
     format: str = "pretty"
     live: bool = False
@@ -137,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the session (and queued QoS1 messages) for 3600 s; needs --client-id",
     )
     sub = p.add_argument_group("topics and validation")
-    sub.add_argument("--topic-prefix", default="iot/telemetry")
-    sub.add_argument("--status-prefix", default="iot/status")
+    sub.add_argument("--topic-prefix", default=TELEMETRY_PREFIX)
+    sub.add_argument("--status-prefix", default=STATUS_PREFIX)
     sub.add_argument("--max-payload", default="4096", help="bytes; larger payloads are invalid")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=FORMATS, help="per-message output (default pretty)")

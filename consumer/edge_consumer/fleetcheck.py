@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .accounting import DeviceStats
@@ -18,7 +18,13 @@ class CheckResult:
     wanted: int
     missing: tuple[str, ...] = ()  # expected IDs never heard from
     too_little: tuple[tuple[str, int, int], ...] = ()  # (id, valid, invalid) below min_messages
-    unexpected: tuple[str, ...] = field(default=())  # heard but not in --expect-ids
+    unexpected: tuple[str, ...] = ()  # sent telemetry but not in --expect-ids
+
+    def note_lines(self) -> list[str]:
+        """What the check does not fail on but an operator should see, met or not."""
+        if not self.unexpected:
+            return []
+        return [f"unexpected devices (not in --expect-ids): {_names(self.unexpected)}"]
 
     def failure_lines(self, min_messages: int) -> list[str]:
         """One-line reasons; the fleet_verify role greps them for 'missing'/'heard'."""
@@ -33,7 +39,7 @@ class CheckResult:
         if self.too_little:
             items = [f"{d} ({v} valid, {i} invalid)" for d, v, i in self.too_little]
             lines.append(f"heard too little (< {min_messages} valid): {_names(items)}")
-        return lines
+        return lines + self.note_lines()
 
 
 def _names(items: Sequence[str]) -> str:

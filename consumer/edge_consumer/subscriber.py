@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import paho.mqtt.client as mqtt
+from edge_agent.protocol import status_topic, telemetry_topic
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -51,7 +53,7 @@ class Subscriber:
         self.wake = threading.Event()  # set on fatal errors so the main loop reacts at once
 
         client = make_client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
         )
@@ -68,7 +70,7 @@ class Subscriber:
         client.on_message = self._make_on_message(emit, emit_status)
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.config.persistent:
             props.SessionExpiryInterval = SESSION_EXPIRY
         # connect_async + loop_start: paho retries the first connection too, so the consumer
@@ -104,7 +106,10 @@ class Subscriber:
             getattr(flags, "session_present", False),
         )
         client.subscribe(
-            [(f"{self.config.topic_prefix}/+", 1), (f"{self.config.status_prefix}/+", 1)]
+            [
+                (telemetry_topic("+", self.config.topic_prefix), 1),
+                (status_topic("+", self.config.status_prefix), 1),
+            ]
         )
         self.connected.set()
 
@@ -176,7 +181,7 @@ class Subscriber:
                 name: Optional[str] = msg.topic
             except UnicodeDecodeError:
                 name = None
-            safe_process(name, msg.payload, bool(msg.retain))
+            safe_process(name, cast(bytes, msg.payload), bool(msg.retain))  # never bytearray
 
         if isinstance(self.client, FastClient):
             self.client.on_fast_message = on_fast_message

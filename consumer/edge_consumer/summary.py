@@ -15,6 +15,7 @@ COLUMNS = (
     "invalid",
     "gaps",
     "dups",
+    "resets",
     "overflow",
     "reconn",
     "rate/s",
@@ -38,12 +39,16 @@ def device_record(dev: DeviceStats) -> dict[str, Any]:
         "valid": dev.valid,
         "invalid": dev.invalid_total,
         "invalid_by_reason": dict(dev.invalid),
+        # distinct_seqs, seq_min, seq_max and missing_ranges are the current epoch's; gaps
+        # and duplicates count over all epochs.
+        "epoch": dev.epoch,
         "distinct_seqs": dev.seqs.distinct,
         "seq_min": dev.seqs.min,
         "seq_max": dev.seqs.max,
         "gaps": dev.gaps,
         "missing_ranges": dev.seqs.missing_ranges(),
         "duplicates": dev.duplicates,
+        "resets": dev.resets,
         "first_seen": dev.first_seen if dev.received else None,
         "last_seen": dev.last_seen if dev.received else None,
         "rate": round(dev.rate, 3),
@@ -64,6 +69,7 @@ def build_summary(acc: Accounting, elapsed: float) -> dict[str, Any]:
         "invalid": acc.invalid_total,
         "gaps": sum(d["gaps"] for d in devices),
         "duplicates": sum(d["duplicates"] for d in devices),
+        "resets": sum(d["resets"] for d in devices),
         "agent_overflow": sum(d["agent_overflow"] or 0 for d in devices),
         "agent_reconnects": sum(d["agent_reconnects"] or 0 for d in devices),
         "status_reconnects": sum(d["status_reconnects"] for d in devices),
@@ -107,6 +113,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 _cell(d["invalid"]),
                 _cell(d["gaps"]),
                 _cell(d["duplicates"]),
+                _cell(d["resets"]),
                 _cell(d["agent_overflow"]),
                 _cell(d["agent_reconnects"]),
                 _cell(d["rate"]),
@@ -122,6 +129,7 @@ def totals_line(summary: dict[str, Any]) -> str:
     line = (
         f"TOTAL devices={t['devices']} received={t['received']} valid={t['valid']}"
         f" invalid={t['invalid']} gaps={t['gaps']} duplicates={t['duplicates']}"
+        f" resets={t['resets']}"
         f" overflow={t['agent_overflow']} reconnects={t['agent_reconnects']}"
         f" online={t['online']} offline={t['offline']}"
         f" p50={_cell(t['latency_p50_ms'])}ms p99={_cell(t['latency_p99_ms'])}ms"
@@ -151,7 +159,7 @@ def rich_table(summary: dict[str, Any]) -> Any:
         style = None
         if row[2] == "offline":
             style = "red"
-        elif row[6] != "0" or row[5] != "0":
+        elif row[6] != "0" or row[5] != "0" or row[8] != "0":  # gaps, invalid, resets
             style = "yellow"
         table.add_row(*row, style=style)
     return table

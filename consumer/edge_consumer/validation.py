@@ -1,8 +1,9 @@
 """Telemetry validation: bytes in, a Telemetry or an invalid-reason name out; never raises.
 
 Checks run cheapest first (topic, size, UTF-8, JSON) and the first problem found is the
-reason. Unknown top-level fields are allowed; `source` and `stats` are optional, but when
-present they must be objects (and stats counters non-negative integers).
+reason. The fields are edge_agent.protocol's. Unknown top-level fields are allowed; `epoch`,
+`source` and `stats` are optional, but when present `epoch` must be an integer >= 0, the
+other two objects (and stats counters non-negative integers).
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from __future__ import annotations
 import json
 import json.scanner
 import math
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union, cast
+
+from edge_agent.protocol import (
+    BOOL_FIELDS,
+    NUMERIC_FIELDS,
+    STATS_FIELDS,
+    TELEMETRY_PREFIX,
+    device_from_topic,
+)
 
 REASONS = (
     "not_utf8",
@@ -23,15 +32,12 @@ REASONS = (
     "oversize",
     "bad_topic",
 )
-NUMERIC_FIELDS = ("temp", "humidity", "co", "lpg", "smoke")
-BOOL_FIELDS = ("light", "motion")
-STATS_FIELDS = ("overflow", "reconnects", "skipped_rows")
 
 _isfinite = math.isfinite
 _loads = json.loads
 # The C scanner behind json.loads, called directly: skips two Python-level wrappers per
 # message on the hot path. Same grammar (NaN/Infinity included), same results.
-_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+_scan = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))  # typeshed: odd signature
 _JSON_SPACE = " \t\n\r"
 _MISSING = object()
 
@@ -44,6 +50,7 @@ class Telemetry(NamedTuple):
     data: dict[str, Any]  # validated: NUMERIC_FIELDS are finite numbers, BOOL_FIELDS bools
     stats: Optional[dict[str, Any]]  # validated counters, or None when absent
     message: dict[str, Any]  # the whole decoded payload, for JSON output
+    epoch: Optional[int] = None  # None: an agent from before epochs
 
 
 class Invalid(Exception):
@@ -68,18 +75,8 @@ def _number(value: Any) -> float:
     raise Invalid("bad_type")
 
 
-def device_from_topic(topic: str, prefix: str) -> Optional[str]:
-    """The device ID of '<prefix>/<id>' (exactly one non-empty level), else None."""
-    if len(topic) <= len(prefix) + 1 or not topic.startswith(prefix) or topic[len(prefix)] != "/":
-        return None
-    device = topic[len(prefix) + 1 :]
-    if "/" in device:
-        return None
-    return device
-
-
 class Validator:
-    def __init__(self, topic_prefix: str = "iot/telemetry", max_payload: int = 4096) -> None:
+    def __init__(self, topic_prefix: str = TELEMETRY_PREFIX, max_payload: int = 4096) -> None:
         self.prefix = topic_prefix
         self.max_payload = max_payload
 
@@ -116,7 +113,7 @@ class Validator:
         if type(message) is not dict:
             return "not_object"
 
-        try:
+        try:  # protocol.FIELDS, unpacked by hand: this is the hot path
             device_id = message["device_id"]
             device_name = message["device_name"]
             ts = message["ts"]
@@ -144,6 +141,9 @@ class Validator:
             if type(value) is not bool:
                 return "missing_field" if value is _MISSING else "bad_type"
 
+        epoch = message.get("epoch")
+        if epoch is not None and (type(epoch) is not int or epoch < 0):
+            return "bad_type"
         source = message.get("source")
         if source is not None and type(source) is not dict:
             return "bad_type"
@@ -155,4 +155,4 @@ class Validator:
                 value = stats.get(name, 0)
                 if type(value) is not int or value < 0:
                     return "bad_type"
-        return Telemetry(device_id, device_name, ts, seq, data, stats, message)
+        return Telemetry(device_id, device_name, ts, seq, data, stats, message, epoch)

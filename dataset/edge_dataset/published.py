@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-try:  # the agent owns the column list; fall back to a copy if it is not importable
-    from edge_agent.dataset import COLUMNS as _AGENT_COLUMNS
-except ImportError:  # pragma: no cover - only when edge_agent is absent
-    _AGENT_COLUMNS = ("ts", "device", "co", "humidity", "light", "lpg", "motion", "smoke", "temp")
+from edge_agent.protocol import COLUMNS, SOURCE_MACS
 
-COLUMNS: tuple[str, ...] = tuple(_AGENT_COLUMNS)
-FLOAT_COLUMNS = ("ts", "co", "humidity", "lpg", "smoke", "temp")
-BOOL_COLUMNS = ("light", "motion")
+# The columns, the sensors' MACs and the device-to-sensor rule are edge_agent.protocol's.
 HEADER_LINE = ",".join(f'"{c}"' for c in COLUMNS).encode() + b"\n"
 
 ROWS = 405_184
@@ -22,7 +17,6 @@ UNIQUE_ROWS = 405_171
 DUPLICATES = ROWS - UNIQUE_ROWS
 FIRST_READING = "2020-07-12T00:01:34.386Z"
 LAST_READING = "2020-07-20T00:03:37.264Z"
-SIZE_BYTES = 61_926_558
 SHA256 = "811ffbf210c8c454f328b95f7e8affc0ce031fdee927a8dfb76035b7e3334287"
 # Over the whole file: co, lpg and smoke come from one gas sensor.
 CO_RANGE = (0.001171, 0.014420)
@@ -69,3 +63,5 @@ SENSORS: tuple[Sensor, ...] = (
     ),
 )
 MACS = tuple(s.mac for s in SENSORS)
+if tuple(sorted(MACS)) != SOURCE_MACS:  # pragma: no cover - a broken edit of either list
+    raise ImportError("edge_dataset.published.SENSORS and edge_agent.protocol.SOURCE_MACS differ")

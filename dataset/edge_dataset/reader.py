@@ -12,21 +12,23 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
+from edge_agent.protocol import BOOL_COLUMNS, COLUMNS, FLOAT_COLUMNS, MAC_PATTERN
 
-from . import published as pub
 from .replica import marker_digest
 
-_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_MAC = re.compile(MAC_PATTERN, re.IGNORECASE)  # the published file is lower case; be lenient
 _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
-_DTYPES = {c: "float64" for c in pub.FLOAT_COLUMNS} | {"device": "category"}
-_QUOTES_PER_LINE = 2 * len(pub.COLUMNS)
+_DTYPES = {c: "float64" for c in FLOAT_COLUMNS} | {"device": "category"}
+_QUOTES_PER_LINE = 2 * len(COLUMNS)
 
 
 class DatasetError(Exception):
@@ -111,7 +113,7 @@ def load(path: str | Path, *, want_sha256: bool = False) -> Dataset:
     return Dataset(**ds, sha256=digest, synthetic=marker is not None and marker == digest)
 
 
-def _validate(name: str, raw: bytes, pool: ThreadPoolExecutor) -> dict:  # type: ignore[type-arg]
+def _validate(name: str, raw: bytes, pool: ThreadPoolExecutor) -> dict[str, Any]:
     if not raw or raw.isspace():  # isspace stops at the first other byte; strip() would copy
         raise DatasetError(name, "file is empty")
     raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -163,8 +165,8 @@ def _validate(name: str, raw: bytes, pool: ThreadPoolExecutor) -> dict:  # type:
 def _check_header(name: str, line: bytes) -> None:
     text = line.decode("utf-8", errors="replace")
     names = [n.strip() for n in next(csv.reader([text]))]
-    missing = [c for c in pub.COLUMNS if c not in names]
-    extra = [n for n in names if n not in pub.COLUMNS]
+    missing = [c for c in COLUMNS if c not in names]
+    extra = [n for n in names if n not in COLUMNS]
     if missing:
         plural = "s" if len(missing) > 1 else ""
         raise DatasetError(name, f"header lacks column{plural} {', '.join(map(repr, missing))}")
@@ -172,9 +174,9 @@ def _check_header(name: str, line: bytes) -> None:
         plural = "s" if len(extra) > 1 else ""
         listed = ", ".join(map(repr, extra))
         raise DatasetError(name, f"header has unexpected column{plural} {listed}")
-    if names != list(pub.COLUMNS):
+    if names != list(COLUMNS):
         raise DatasetError(
-            name, f"header columns are {','.join(names)}; expected {','.join(pub.COLUMNS)}"
+            name, f"header columns are {','.join(names)}; expected {','.join(COLUMNS)}"
         )
 
 
@@ -186,10 +188,10 @@ def _field_count_message(message: str) -> str:
 
 
 def _clean(frame: pd.DataFrame) -> bool:
-    floats = frame[list(pub.FLOAT_COLUMNS)].to_numpy()
+    floats = frame[list(FLOAT_COLUMNS)].to_numpy()
     if not np.isfinite(floats).all():
         return False
-    if any(frame[c].dtype != bool for c in pub.BOOL_COLUMNS):
+    if any(frame[c].dtype != bool for c in BOOL_COLUMNS):
         return False
     device = frame["device"].cat
     if (device.codes.to_numpy() < 0).any():
@@ -197,7 +199,7 @@ def _clean(frame: pd.DataFrame) -> bool:
     return all(_MAC.fullmatch(mac) for mac in device.categories)
 
 
-def _raise_first_bad_value(name: str, raw: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+def _raise_first_bad_value(name: str, raw: bytes, starts: np.ndarray, ends: np.ndarray) -> NoReturn:
     """Read every value as text and raise for the first bad one, naming column and line."""
     try:
         text = pd.read_csv(
@@ -206,7 +208,7 @@ def _raise_first_bad_value(name: str, raw: bytes, starts: np.ndarray, ends: np.n
     except pd.errors.ParserError as e:
         raise DatasetError(name, _field_count_message(str(e))) from None
     first: tuple[int, int, str] | None = None  # (row, column position, message)
-    for position, column in enumerate(pub.COLUMNS):
+    for position, column in enumerate(COLUMNS):
         values = text[column]
         bad, why = _bad_values(column, values)
         rows = np.flatnonzero(bad)
@@ -215,28 +217,28 @@ def _raise_first_bad_value(name: str, raw: bytes, starts: np.ndarray, ends: np.n
             first = (row, position, why(values.iloc[row]))
     if first is None:
         raise DatasetError(name, "cannot parse the file (no single bad value found)")
-    row, _, why = first
+    row, _, reason = first
     line_no = row + 2  # the header is line 1
     line = raw[int(starts[row]) : int(ends[row])] if row < len(starts) else b""
     fields = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
-    if len(fields) != len(pub.COLUMNS):
-        expected = len(pub.COLUMNS)
+    if len(fields) != len(COLUMNS):
+        expected = len(COLUMNS)
         raise DatasetError(name, f"line {line_no}: {len(fields)} fields, expected {expected}")
-    raise DatasetError(name, f"line {line_no}: {why}")
+    raise DatasetError(name, f"line {line_no}: {reason}")
 
 
-def _bad_values(column: str, values: pd.Series):  # type: ignore[no-untyped-def]
+def _bad_values(column: str, values: pd.Series[str]) -> tuple[np.ndarray, Callable[[str], str]]:
     """A mask of bad values in one text column and a function describing one of them."""
     text = values.to_numpy(dtype=object)
     empty = np.array([not v.strip() for v in text])
 
-    def describe(kind: str):  # type: ignore[no-untyped-def]
+    def describe(kind: str) -> Callable[[str], str]:
         def text(v: str) -> str:
             return f"column '{column}' is " + (f"{v!r} {kind}" if v.strip() else "empty")
 
         return text
 
-    if column in pub.BOOL_COLUMNS:
+    if column in BOOL_COLUMNS:
         ok = np.isin(np.char.lower(text.astype(str)), ["true", "false"])
         return ~ok | empty, describe("not true or false")
     if column == "device":

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from edge_agent.protocol import COLUMNS
 
 from . import published as pub
 from .atomic import write_atomic
@@ -69,10 +71,12 @@ def _smooth(rng: np.random.Generator, n: int, window: int) -> np.ndarray:
 def _unit(x: np.ndarray) -> np.ndarray:
     """Scale to [0, 1] so both ends are attained exactly."""
     lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo)
+    return np.asarray((x - lo) / (hi - lo))
 
 
-def _fit_power(u: np.ndarray, mapping, target: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _fit_power(
+    u: np.ndarray, mapping: Callable[[np.ndarray], np.ndarray], target: float
+) -> np.ndarray:
     """Bisect the exponent g so mean(mapping(u**g)) hits target; min and max stay attained."""
     lo, hi = -6.0, 6.0  # log2 of g
     probe = u[::8]  # the mean of every 8th value is close enough and 8x cheaper
@@ -82,13 +86,13 @@ def _fit_power(u: np.ndarray, mapping, target: float) -> np.ndarray:  # type: ig
             lo = mid  # a larger exponent pulls values towards the low end
         else:
             hi = mid
-    return mapping(u ** (2.0 ** ((lo + hi) / 2)))
+    return np.asarray(mapping(u ** (2.0 ** ((lo + hi) / 2))))
 
 
 def _timestamps(rng: np.random.Generator, p: _Profile, n: int) -> np.ndarray:
     gaps = rng.uniform(0.6, 1.4, n - 1)  # jitter around the mean interval
     t = np.concatenate(([0.0], np.cumsum(gaps)))
-    ts = p.t_start + (p.t_end - p.t_start) * (t / t[-1])
+    ts: np.ndarray = p.t_start + (p.t_end - p.t_start) * (t / t[-1])
     ts[-1] = p.t_end
     return ts
 
@@ -188,20 +192,22 @@ def generate(seed: int = DEFAULT_SEED) -> bytes:
     def col(name: str) -> list[str]:
         values = np.concatenate([c[name] for c in parts])[order]
         if values.dtype == bool:
-            return np.where(values, "true", "false").tolist()
+            return list(np.where(values, "true", "false").tolist())
         if name in ("temp", "humidity"):  # few distinct values: format each once
             distinct, inverse = np.unique(values, return_inverse=True)
-            return np.array(list(map(repr, distinct.tolist())), dtype=object)[inverse].tolist()
+            return list(
+                np.array(list(map(repr, distinct.tolist())), dtype=object)[inverse].tolist()
+            )
         return list(map(repr, values.tolist()))
 
     macs = [p.sensor.mac for p in _PROFILES]
     columns = {
         "ts": list(map(_java_double, col("ts"))),
         "device": [macs[i] for i in device.tolist()],
-        **{c: col(c) for c in pub.COLUMNS if c not in ("ts", "device")},
+        **{c: col(c) for c in COLUMNS if c not in ("ts", "device")},
     }
-    line = ",".join(['"%s"'] * len(pub.COLUMNS)) + "\n"
-    body = "".join(map(line.__mod__, zip(*(columns[c] for c in pub.COLUMNS))))
+    line = ",".join(['"%s"'] * len(COLUMNS)) + "\n"
+    body = "".join(map(line.__mod__, zip(*(columns[c] for c in COLUMNS))))
     return pub.HEADER_LINE + body.encode("ascii")
 
 

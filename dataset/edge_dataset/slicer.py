@@ -1,6 +1,7 @@
 """Cut a validated dataset into one contiguous, time-ordered slice per device.
 
-Device i (1-based) replays sensor (i-1) % k of the k distinct source MACs (sorted). The devices
+Device i (1-based) replays sensor (i-1) % k of the k distinct source MACs, sorted
+(edge_agent.protocol.source_index: the inventory plugin names the same sensor). The devices
 of one sensor split its readings, ordered by time with exact duplicate lines removed, into
 consecutive windows whose lengths differ by at most one (numpy.array_split's rule).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from edge_agent.protocol import SOURCE_MACS, source_index
 
 from . import published as pub
 from .atomic import write_atomic
@@ -78,7 +80,7 @@ def sensor_rows(ds: Dataset) -> list[np.ndarray]:
 
 
 def check_sources(ds: Dataset, allow_mismatch: bool) -> None:
-    expected = len(pub.MACS)
+    expected = len(SOURCE_MACS)
     if len(ds.devices) != expected and not allow_mismatch:
         raise DatasetError(
             ds.path,
@@ -91,8 +93,8 @@ def windows(sensor_sizes: list[int], n_devices: int) -> list[tuple[int, int, int
     """(sensor, row_start, row_end) for devices 1..n_devices; raises ValueError if too few rows."""
     k = len(sensor_sizes)
     out = []
-    for i in range(n_devices):
-        sensor, j = i % k, i // k
+    for number in range(1, n_devices + 1):
+        sensor, j = source_index(number, k), (number - 1) // k
         share = len(range(sensor, n_devices, k))  # devices replaying this sensor
         size = sensor_sizes[sensor]
         if size < share:
@@ -233,7 +235,8 @@ def write_slices(
 def _take(lines: list[bytes], indices: list[int]) -> list[bytes] | tuple[bytes, ...]:
     if len(indices) < 2:  # itemgetter returns a bare item, not a tuple, for one index
         return [lines[i] for i in indices]
-    return operator.itemgetter(*indices)(lines)
+    taken: tuple[bytes, ...] = operator.itemgetter(*indices)(lines)
+    return taken
 
 
 def _holds(path: Path, header: bytes, body: bytes) -> bool:
@@ -252,7 +255,7 @@ def _encode(value: object) -> str:
     kind = type(value)
     if kind is int:
         return str(value)
-    if kind is float and math.isfinite(value):  # type: ignore[arg-type]
+    if kind is float and isinstance(value, float) and math.isfinite(value):
         return repr(value)  # what json.dumps writes for a finite float
     return json.dumps(value)
 
@@ -261,12 +264,13 @@ def manifest_json(manifest: dict[str, object]) -> str:
     """json.dumps(manifest, indent=2, sort_keys=True) + newline, without the slow pure-Python
     indenting encoder: the device entries (flat dataclasses) are laid out here."""
     devices = manifest["devices"]
+    assert isinstance(devices, list)
     head = {k: v for k, v in manifest.items() if k != "devices"}
     text = json.dumps({**head, "devices": "\0"}, indent=2, sort_keys=True)
     entries = []
-    keys = sorted(vars(devices[0])) if devices else []  # type: ignore[index]
+    keys = sorted(vars(devices[0])) if devices else []
     prefixes = [f"      {json.dumps(k)}: " for k in keys]
-    for window in devices:  # type: ignore[attr-defined]
+    for window in devices:
         fields = vars(window)
         body = ",\n".join([p + _encode(fields[k]) for p, k in zip(prefixes, keys)])
         entries.append("    {\n" + body + "\n    }")

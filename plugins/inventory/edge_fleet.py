@@ -9,6 +9,7 @@ from typing import Any
 from ansible import constants as C
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
+from edge_agent.protocol import OCTET, source_mac
 
 DOCUMENTATION = r"""
 name: edge_fleet
@@ -188,12 +189,9 @@ MAX_HOSTS_PER_NETWORK = 1000
 # Options whose DOCUMENTATION lists `vars`: extra vars of those names override them.
 VAR_OPTIONS = ("device_count", "devices_per_host", "arm64_count", "architecture")
 
-# Sensor MACs of the published dataset, sorted; device n replays SOURCE_MACS[(n - 1) % 3].
-# This is the dataset slicer's assignment rule, so the two must change together.
-SOURCE_MACS = ("00:0f:00:70:91:0a", "1c:bf:ce:15:ec:4d", "b8:27:eb:bf:9d:51")
 
 _DIGITS = re.compile(r"[0-9]+")
-_MAC_PREFIX = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
+_MAC_PREFIX = re.compile(f"{OCTET}(?::{OCTET}){{2}}")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
@@ -389,7 +387,8 @@ class InventoryModule(BaseInventoryPlugin):
             "name": device_name(self._prefix, number),
             "number": number,
             "device_id": device_mac(self._mac_prefix, number),
-            "dataset_source": SOURCE_MACS[(number - 1) % len(SOURCE_MACS)],
+            # The dataset slicer's rule: SOURCE_MACS[(number - 1) % 3] (edge_agent.protocol).
+            "dataset_source": source_mac(number),
         }
 
     def _apply_extra_vars(self) -> None:

@@ -45,7 +45,7 @@ def test_defaults() -> None:
     assert cfg.client_id == "02:42:ac:11:00:02"
     assert cfg.device_name == socket.gethostname()
     assert cfg.username is cfg.password is cfg.tls_ca is None
-    assert cfg.rate is cfg.replay_speed is cfg.count is None
+    assert cfg.rate is cfg.replay_speed is cfg.max_readings is None
     assert not cfg.dry_run
     assert cfg.telemetry_topic == "iot/telemetry/02:42:ac:11:00:02"
     assert cfg.status_topic == "iot/status/02:42:ac:11:00:02"

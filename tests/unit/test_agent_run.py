@@ -50,7 +50,19 @@ def test_dry_run_payloads(slice_csv: Path, capsys: pytest.CaptureFixture[str]) -
     msgs = [json.loads(line) for line in lines]
     assert [m["seq"] for m in msgs] == [0, 1, 2, 3, 4]
     first = msgs[0]
-    assert set(first) == {"device_id", "device_name", "ts", "seq", "data", "source", "stats"}
+    assert set(first) == {
+        "device_id",
+        "device_name",
+        "ts",
+        "seq",
+        "epoch",
+        "data",
+        "source",
+        "stats",
+    }
+    # One run of seqs, one epoch: an integer that JSON carries exactly everywhere.
+    assert isinstance(first["epoch"], int) and 0 <= first["epoch"] < 2**53
+    assert {m["epoch"] for m in msgs} == {first["epoch"]}
     assert first["device_id"] == "02:42:ac:11:00:02"
     assert first["device_name"] == "pi-0001"
     assert isinstance(first["ts"], float)
@@ -80,8 +92,6 @@ def test_reading_queue_drops_oldest() -> None:
 
 
 class OfflineSink:
-    connected = False
-    inflight = 0
     reconnects = 0
 
     def can_publish(self) -> bool:

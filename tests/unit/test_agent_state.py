@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from edge_agent.cli import main
 from edge_agent.config import ConfigError
-from edge_agent.state import State, load_state, save_state, state_path
+from edge_agent.protocol import EPOCH_BITS
+from edge_agent.state import State, load_state, new_epoch, save_state, state_path
 
 
 def test_fresh_when_missing(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_fresh_when_missing(tmp_path: Path) -> None:
 
 def test_round_trip_creates_dir_and_leaves_no_tmp(tmp_path: Path) -> None:
     d = tmp_path / "state"
-    st = State(seq=41, cursor=7, overflow=3, device_id="02:42:ac:11:00:02")
+    st = State(seq=41, cursor=7, overflow=3, device_id="02:42:ac:11:00:02", epoch=2**47 + 5)
     save_state(str(d), st)
     assert load_state(str(d)) == st
     assert sorted(p.name for p in d.iterdir()) == ["state.json"]
@@ -26,12 +27,34 @@ def test_round_trip_creates_dir_and_leaves_no_tmp(tmp_path: Path) -> None:
         "cursor": 7,
         "overflow": 3,
         "device_id": "02:42:ac:11:00:02",
+        "epoch": 2**47 + 5,
     }
+
+
+def test_state_from_before_epochs_loads_without_one(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"seq": 5, "cursor": 2, "overflow": 0}')
+    assert load_state(str(tmp_path)) == State(seq=5, cursor=2)
+
+
+def test_new_epochs_are_random_and_json_exact() -> None:
+    epochs = {new_epoch() for _ in range(100)}
+    assert len(epochs) == 100
+    assert all(0 <= e < 2**EPOCH_BITS <= 2**53 for e in epochs)
 
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", "[]", '{"seq": -1}', '{"seq": "5"}', '{"cursor": true}', '{"device_id": 5}'],
+    [
+        "{not json",
+        "[]",
+        '{"seq": -1}',
+        '{"seq": "5"}',
+        '{"cursor": true}',
+        '{"device_id": 5}',
+        '{"epoch": "1"}',
+        '{"epoch": -1}',
+        '{"epoch": true}',
+    ],
 )
 def test_corrupt_is_config_error(tmp_path: Path, text: str) -> None:
     (tmp_path / "state.json").write_text(text)

@@ -43,8 +43,6 @@ def make_agent(slice_csv: Path, tmp_path: Path, *extra: str) -> Agent:
 class FakeSink:
     """Connected, publishes nothing by itself; next_event() is whatever the test sets."""
 
-    connected = True
-    inflight = 0
     reconnects = 0
 
     def __init__(self, event: float, window: bool = True) -> None:

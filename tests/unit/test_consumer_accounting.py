@@ -12,8 +12,10 @@ DEV = "02:42:ac:11:00:01"
 TOPIC = f"iot/telemetry/{DEV}"
 
 
-def body(seq: int, ts: float = 100.0, device: str = DEV, **stats: int) -> bytes:
-    message = {
+def body(
+    seq: int, ts: float = 100.0, device: str = DEV, epoch: int | None = None, **stats: int
+) -> bytes:
+    message: dict[str, object] = {
         "device_id": device,
         "device_name": "pi-0001",
         "ts": ts,
@@ -30,12 +32,14 @@ def body(seq: int, ts: float = 100.0, device: str = DEV, **stats: int) -> bytes:
     }
     if stats:
         message["stats"] = stats
+    if epoch is not None:
+        message["epoch"] = epoch
     return json.dumps(message).encode()
 
 
-def feed(acc: Accounting, seqs: list[int], device: str = DEV) -> None:
+def feed(acc: Accounting, seqs: list[int], device: str = DEV, epoch: int | None = None) -> None:
     for seq in seqs:
-        acc.handle(f"iot/telemetry/{device}", body(seq, device=device), 100.5)
+        acc.handle(f"iot/telemetry/{device}", body(seq, device=device, epoch=epoch), 100.5)
 
 
 def test_in_order_is_one_run_without_gaps_or_duplicates() -> None:
@@ -83,6 +87,57 @@ def test_agent_restart_replays_duplicates_never_gaps() -> None:
     feed(acc, list(range(100)) + list(range(90, 150)))
     dev = acc.devices[DEV]
     assert (dev.gaps, dev.duplicates, dev.seqs.distinct) == (0, 10, 150)
+
+
+def test_same_epoch_replays_are_duplicates_as_before() -> None:
+    acc = Accounting()
+    feed(acc, list(range(100)) + list(range(90, 150)), epoch=7)
+    dev = acc.devices[DEV]
+    assert (dev.gaps, dev.duplicates, dev.resets, dev.epoch) == (0, 10, 0, 7)
+
+
+def test_new_epoch_at_seq_0_is_a_reset_not_duplicates() -> None:
+    acc = Accounting()
+    feed(acc, list(range(50)), epoch=7)
+    feed(acc, list(range(20)), epoch=8)  # state wiped: seq 0 again, a new epoch
+    dev = acc.devices[DEV]
+    assert (dev.resets, dev.duplicates, dev.gaps, dev.epoch) == (1, 0, 0, 8)
+    assert (dev.valid, dev.seqs.min, dev.seqs.max) == (70, 0, 19)  # tracking restarted
+    feed(acc, [19, 25], epoch=8)  # within the new epoch: counted as usual
+    assert (dev.resets, dev.duplicates, dev.gaps) == (1, 1, 5)
+
+
+def test_reset_keeps_the_old_epochs_gaps_and_counts_each_reset() -> None:
+    acc = Accounting()
+    feed(acc, [0, 1, 5], epoch=1)  # 3 missing
+    feed(acc, [0, 1], epoch=2)
+    feed(acc, [0, 0], epoch=3)
+    dev = acc.devices[DEV]
+    assert (dev.resets, dev.gaps, dev.duplicates, dev.valid) == (2, 3, 1, 7)
+
+
+def test_messages_without_epoch_and_an_agent_upgrade_are_not_resets() -> None:
+    acc = Accounting()
+    feed(acc, list(range(10)))  # an agent from before epochs
+    feed(acc, list(range(8, 12)), epoch=5)  # upgraded: same seqs, first epoch heard
+    feed(acc, [12])  # no epoch: nothing to compare, the current one stays
+    dev = acc.devices[DEV]
+    assert (dev.resets, dev.duplicates, dev.gaps, dev.epoch) == (0, 2, 0, 5)
+
+
+def test_resets_are_per_device_and_in_the_summary() -> None:
+    from edge_consumer.summary import build_summary, render_plain
+
+    other = "02:42:ac:11:00:02"
+    acc = Accounting()
+    feed(acc, [0, 1], epoch=1)
+    feed(acc, [0, 1], epoch=2)
+    feed(acc, [0, 1], device=other, epoch=1)
+    assert (acc.devices[DEV].resets, acc.devices[other].resets) == (1, 0)
+    summary = build_summary(acc, 1.0)
+    assert summary["totals"]["resets"] == 1
+    assert {d["device_id"]: d["resets"] for d in summary["devices"]} == {DEV: 1, other: 0}
+    assert " resets=1 " in render_plain(summary)
 
 
 @pytest.mark.parametrize("seed", range(5))

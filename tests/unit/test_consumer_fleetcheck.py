@@ -46,6 +46,12 @@ def test_expect_ids_met_only_when_every_id_reports() -> None:
     r = evaluate(devices, 5, expect_ids=[A, B, C])
     assert not r.met and r.missing == (C,) and r.unexpected == (D,)
     assert f"missing (never heard): {C}" in r.failure_lines(5)
+    # Devices outside the list are shown, met or not, and never fail the check.
+    note = f"unexpected devices (not in --expect-ids): {D}"
+    assert r.failure_lines(5)[-1] == note
+    assert evaluate(devices, 5, expect_ids=[A, B]).note_lines() == [note]
+    assert evaluate(devices, 5, expect_ids=[A, B, D]).note_lines() == []
+    assert evaluate(devices, 5, expect=2).note_lines() == []
 
 
 def test_expect_ids_too_little_counts_only_valid_messages() -> None:

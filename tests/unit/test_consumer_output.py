@@ -69,8 +69,12 @@ def test_summary_totals_and_plain_table() -> None:
     text = render_plain(summary)
     header, row, total = text.splitlines()
     assert header.split()[:4] == ["device", "name", "status", "recv"]
-    assert row.split()[:9] == [DEV, "pi-0001", "offline", "4", "3", "1", "1", "1", "5"]
-    assert total.startswith("TOTAL devices=1 received=4 valid=3 invalid=1 gaps=1 duplicates=1")
+    assert header.split()[6:9] == ["gaps", "dups", "resets"]
+    assert row.split()[:10] == [DEV, "pi-0001", "offline", "4", "3", "1", "1", "1", "0", "5"]
+    assert total.startswith(
+        "TOTAL devices=1 received=4 valid=3 invalid=1 gaps=1 duplicates=1 resets=0"
+    )
+    assert (t["resets"], summary["devices"][0]["resets"]) == (0, 0)
     assert total.endswith("invalid_by_reason=not_json:1")
     json.dumps(summary)  # --summary-json must serialise
 

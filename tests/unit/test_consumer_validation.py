@@ -16,6 +16,7 @@ GOOD: dict[str, Any] = {
     "device_name": "pi-0001",
     "ts": 1700000000.5,
     "seq": 7,
+    "epoch": 123456789,
     "data": {
         "temp": 21.5,
         "humidity": 50,
@@ -57,6 +58,7 @@ def test_good_payload_is_telemetry() -> None:
     t = V.validate(TOPIC, json.dumps(GOOD).encode())
     assert isinstance(t, Telemetry)
     assert (t.device_id, t.seq, t.ts, t.stats) == (DEV, 7, 1700000000.5, GOOD["stats"])
+    assert t.epoch == 123456789
 
 
 def test_unknown_fields_ints_for_floats_and_missing_optional_parts_are_fine() -> None:
@@ -65,6 +67,9 @@ def test_unknown_fields_ints_for_floats_and_missing_optional_parts_are_fine() ->
     assert isinstance(V.validate(TOPIC, without("stats")), Telemetry)
     assert isinstance(V.validate(TOPIC, without("source")), Telemetry)
     assert isinstance(V.validate(TOPIC, with_("seq", 0)), Telemetry)
+    old_agent = V.validate(TOPIC, without("epoch"))  # agents from before epochs
+    assert isinstance(old_agent, Telemetry) and old_agent.epoch is None
+    assert V.validate(TOPIC, with_("epoch", None)).epoch is None  # type: ignore[union-attr]
 
 
 CASES = [
@@ -95,6 +100,10 @@ CASES = [
     (TOPIC, with_("stats.overflow", -1), "bad_type"),
     (TOPIC, with_("stats.reconnects", False), "bad_type"),
     (TOPIC, with_("source", "x"), "bad_type"),
+    (TOPIC, with_("epoch", "1"), "bad_type"),
+    (TOPIC, with_("epoch", -1), "bad_type"),
+    (TOPIC, with_("epoch", 1.0), "bad_type"),
+    (TOPIC, with_("epoch", True), "bad_type"),
     (TOPIC, with_("data.humidity", float("nan")), "non_finite"),
     (TOPIC, with_("ts", float("inf")), "non_finite"),
     (TOPIC, with_("data.co", 10**400), "non_finite"),
