@@ -62,6 +62,7 @@ image: setup
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy agent consumer dataset
 	$(BIN)/ansible-lint
 
 bench: setup

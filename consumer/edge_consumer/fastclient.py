@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import MQTTErrorCode, MQTTMessage
+from paho.mqtt.client import MQTTMessage
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 _HOOKS = (
@@ -52,7 +53,7 @@ REFILLS_PER_LOOP = 16  # socket reads per loop_read, so PUBACKs and pings get th
 FastCallback = Callable[[bytes, bytes, bool], None]  # topic, payload, retain
 
 
-def _empty_in_packet() -> dict[str, Any]:
+def _empty_in_packet() -> Any:  # paho's private _InPacket TypedDict
     return {
         "command": 0,
         "have_remaining": 0,
