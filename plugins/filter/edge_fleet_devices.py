@@ -87,7 +87,9 @@ def host_devices(host: str, variables: Mapping[str, Any], first_number: int) -> 
     ]
 
 
-def fleet_device_list(hosts: list[str], hostvars: Any) -> list[dict[str, Any]]:
+def fleet_device_list(
+    hosts: list[str], hostvars: Any, reserved: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Every device of `hosts`, in host order, with the IDs the identity play recorded.
 
     Numbers pick the dataset slices; a host without `device_number` continues after the highest
@@ -108,6 +110,12 @@ def fleet_device_list(hosts: list[str], hostvars: Any) -> list[dict[str, Any]]:
             f"fleet_devices: device name {bad[0]['name']!r} (host {bad[0]['host']}) must be "
             "letters, digits, '_' and '-', at most 20 characters, because it also names the "
             "agent's systemd user; shorten name_prefix or set device_name"
+        )
+    taken = [d for d in devices if d["name"] in (reserved or [])]
+    if taken:
+        raise AnsibleFilterError(
+            f"fleet_devices: device name {taken[0]['name']} (host {taken[0]['host']}) is the "
+            "name of another MQTT user of the fleet; rename the device"
         )
     _check_unique(devices, "name")
     _check_unique(devices, "number")

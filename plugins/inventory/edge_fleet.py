@@ -59,7 +59,7 @@ options:
       - C(auto) keeps one device per host while I(device_count) times the budget of a host with
         one device (I(host_memory_mb) + I(device_memory_mb)) fits in the controller's memory
         (MemTotal), and otherwise packs 10 per host, or more where 10 would need more hosts than
-        one Docker network takes (about 1,000).
+        one Docker network takes (990 device hosts, so past 9,900 devices).
       - Precedence, highest first, C(-e devices_per_host=K), the config file, the environment, the
         default.
     type: raw
@@ -181,10 +181,11 @@ ssh_port_base: 22000
 
 MAX_DEVICES = 10000
 MAX_DEVICES_PER_HOST = 100
-# Devices per host when auto packs, and the hosts one Docker network holds: a Linux bridge takes
-# at most 1,024 ports, less the broker and the monitor.
+# Devices per host when auto packs, and the device hosts one Docker network holds: a Linux
+# bridge takes at most 1,024 ports; Docker's network about 1,000 containers (emulated_hosts'
+# max_containers_per_network), less the broker and the monitor, with room to spare.
 PACKED_DEVICES_PER_HOST = 10
-MAX_HOSTS_PER_NETWORK = 1000
+MAX_HOSTS_PER_NETWORK = 990
 
 # Options whose DOCUMENTATION lists `vars`: extra vars of those names override them.
 VAR_OPTIONS = ("device_count", "devices_per_host", "arm64_count", "architecture")

@@ -192,6 +192,8 @@ def module_params(action: ModuleType, sources: dict[str, Any], root: Path) -> di
         "record": str(root) + "/etc/edge-agent/bundle.json",
         "pi_groups": [],
         "legacy_units": [],
+        "legacy_files": [],
+        "legacy_users": [],
         "_data": {moved[p]: data for p, (data, _) in bundle.files.items()},
     }
 
@@ -313,3 +315,88 @@ def test_check_mode_reports_and_writes_nothing(action, remote, sources, host):
     assert result["changed"]
     assert len(result["differ"]) == len(params["files"])
     assert not os.path.exists(host)
+
+
+def test_a_run_that_died_before_restarting_is_finished_by_the_next(
+    action, remote, sources, host, tmp_path, monkeypatch
+):
+    active: set[str] = set()
+    install(remote, module_params(action, sources, host), active)
+    (tmp_path / "agent.pyz").write_bytes(b"PK new agent")
+
+    # The files are written, then systemctl restart fails (the run dies there).
+    params = module_params(action, sources, host)
+    real_run_command = FakeModule.run_command
+
+    def failing(self, argv, check_rc=False):
+        if argv[:2] == ["systemctl", "restart"]:
+            raise RuntimeError("connection lost")
+        return real_run_command(self, argv, check_rc)
+
+    monkeypatch.setattr(FakeModule, "run_command", failing)
+    with pytest.raises(RuntimeError):
+        install(remote, params, active)
+    monkeypatch.setattr(FakeModule, "run_command", real_run_command)
+
+    result, module = install(remote, module_params(action, sources, host), active)
+
+    assert result["differ"] == []  # the files were already in place
+    assert result["changed"]
+    assert restarts(module) == [
+        ["systemctl", "restart", "edge-agent@pi-0001.service", "edge-agent@pi-0002.service"]
+    ]
+
+
+def test_an_instance_restarting_on_its_own_is_not_a_change(action, remote, sources, host):
+    active: set[str] = set()
+    install(remote, module_params(action, sources, host), active)
+    params = module_params(action, sources, host)
+    params.pop("_data")
+    module = FakeModule(params, active)
+    module.run_command = lambda argv, check_rc=False: (  # type: ignore[method-assign]
+        (3, "activating\nactive\n", "") if argv[1] == "is-active" else (0, "", "")
+    )
+
+    assert not remote.run(module)["changed"]
+
+
+def test_the_single_device_layout_is_cleaned_up(action, remote, sources, host):
+    legacy = host / "etc/edge-agent/agent.env"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("MQTT_PASSWORD=old\n")
+    params = module_params(action, sources, host)
+    params["legacy_files"] = [str(legacy), str(host / "opt/edge-agent/slice.csv")]
+
+    result, _ = install(remote, params, set())
+
+    assert result["changed"]
+    assert not legacy.exists()
+    assert (host / "etc/edge-agent/devices/pi-0001.env").exists()
+
+
+def test_absent_removes_only_what_it_installed(action, remote, sources, host):
+    active: set[str] = set()
+    install(remote, module_params(action, sources, host), active)
+    foreign = host / "opt/edge-agent/README.local"
+    foreign.write_text("not ours\n")
+
+    params = module_params(action, {**sources, "state": "absent"}, host)
+    params["files"], params["instances"] = {}, {}
+    result, _ = install(remote, params, active)
+
+    assert sorted(result["removed_instances"]) == ["pi-0001", "pi-0002"]
+    assert foreign.exists()
+    assert not (host / "etc/edge-agent/devices").exists()
+    assert not (host / "etc/edge-agent/bundle.json").exists()
+
+
+def test_instances_are_found_by_their_links_when_the_record_is_lost(action, remote, sources, host):
+    active: set[str] = set()
+    install(remote, module_params(action, sources, host), active)
+    (host / "etc/edge-agent/bundle.json").unlink()
+
+    fewer = {**sources, "devices": sources["devices"][:1]}
+    result, module = install(remote, module_params(action, fewer, host), active)
+
+    assert result["removed_instances"] == ["pi-0002"]
+    assert ["systemctl", "disable", "--now", "edge-agent@pi-0002.service"] in module.calls

@@ -67,3 +67,30 @@ def test_the_pids_limit_is_named_when_it_binds(hosts_module, monkeypatch):
     error = hosts_module._capacity_error(hosts(30, 1), 0, 31, PARAMS)
     assert error is not None
     assert "the pids limit" in error
+
+
+class FakeContainer:
+    def __init__(self, created_with: int, running_agents: int) -> None:
+        self.labels = {"org.edge-fleet.devices": str(created_with)}
+        self.status = "running"
+        self.agents = running_agents
+        self.execs = 0
+
+    def exec_run(self, argv: list[str]):
+        self.execs += 1
+
+        class Result:
+            output = "".join(f"edge-agent@d{i}.service\n" for i in range(self.agents)).encode()
+
+        return Result()
+
+
+def test_devices_already_running_on_a_grown_host_are_not_counted_again(hosts_module):
+    grown = FakeContainer(created_with=2, running_agents=5)  # grew 2 -> 5 on an earlier run
+    growing = FakeContainer(created_with=2, running_agents=2)
+    same = FakeContainer(created_with=5, running_agents=5)
+    existing = {"grown": grown, "growing": growing, "same": same}
+    wanted = {name: {"role": "device", "devices": 5} for name in existing}
+
+    assert hosts_module._added_devices(existing, wanted) == 3
+    assert same.execs == 0  # a host that wants no more than it was made with is not asked

@@ -89,6 +89,13 @@ def test_clashes_and_bad_counts_are_named(devices: ModuleType, hostvars, message
         devices.fleet_device_list(list(hostvars), hostvars)
 
 
+def test_a_device_cannot_take_the_consumers_user(devices: ModuleType) -> None:
+    from ansible.errors import AnsibleFilterError
+
+    with pytest.raises(AnsibleFilterError, match="another MQTT user"):
+        devices.fleet_device_list(["consumer"], {"consumer": {}}, ["consumer", "admin"])
+
+
 def test_derived_ids_keep_device_one_and_differ_for_the_rest(devices: ModuleType) -> None:
     mac = "b8:27:eb:12:34:56"
     ids = [devices.derived_device_id(mac, k) for k in range(1, 65)]

@@ -400,9 +400,10 @@ def test_auto_devices_per_host_arithmetic(plugin_module):
     assert auto(235, 90, 12, 24000) == 1
     assert auto(236, 90, 12, 24000) == 10
     assert auto(1000, 90, 12, 24000) == 10
-    # Past 10,000 devices, 10 per host would need more hosts than one network holds.
-    assert auto(10000, 90, 12, 24000) == 10
-    assert auto(10001, 90, 12, 24000) == 11
+    # Past 9,900 devices, 10 per host would need more hosts than one network holds.
+    assert auto(9900, 90, 12, 24000) == 10
+    assert auto(9901, 90, 12, 24000) == 11
+    assert -(-10000 // auto(10000, 90, 12, 24000)) + 1 <= 1000  # hosts and the broker fit
 
 
 def test_host_names(plugin_module):

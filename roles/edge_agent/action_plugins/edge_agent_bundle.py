@@ -42,6 +42,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "runtime_dir": {"type": "path", "default": "/run/edge-agent"},
     "pi_groups": {"type": "list", "elements": "str", "default": []},
     "legacy_units": {"type": "list", "elements": "path", "default": []},
+    "legacy_files": {"type": "list", "elements": "path", "default": []},
+    "legacy_users": {"type": "list", "elements": "str", "default": []},
 }
 
 
@@ -117,7 +119,9 @@ def build(args: dict[str, Any]) -> Bundle:
         # systemd reads the environment file, and copies the client key, as root before it
         # starts the agent under its own dynamic user: no other device's agent can read them.
         runtime = f"{args['runtime_dir']}/{name}"
+        # The shared settings first: they cannot replace a device's own identity or secrets.
         env: dict[str, Any] = {
+            **args["environment"],
             "DEVICE_NAME": name,
             "DEVICE_ID": device_id,
             "MQTT_USERNAME": name,
@@ -147,7 +151,6 @@ def build(args: dict[str, Any]) -> Bundle:
             )
             env["MQTT_TLS_CERT"] = f"{runtime}/client.crt"
             env["MQTT_TLS_KEY"] = f"{runtime}/client.key"
-        env.update(args["environment"])
         own.append(bundle.add(f"{config}/devices/{name}.env", env_text(env), "0600"))
         bundle.instances[name] = shared + own
     return bundle
@@ -162,6 +165,12 @@ class ActionModule(ActionBase):
         present = args["state"] == "present"
         if present and not args["pyz_src"]:
             raise AnsibleActionFail("edge_agent_bundle: pyz_src is required with state=present")
+        # The unit names these as StateDirectory=/RuntimeDirectory=, relative to /var/lib and /run.
+        for option, parent in (("state_dir", "/var/lib"), ("runtime_dir", "/run")):
+            if os.path.dirname(args[option].rstrip("/")) != parent:
+                raise AnsibleActionFail(
+                    f"edge_agent_bundle: {option} {args[option]} must be directly under {parent}"
+                )
         bundle = build(args) if present else Bundle()
         module_args = {
             "state": args["state"],
@@ -178,6 +187,8 @@ class ActionModule(ActionBase):
             "record": f"{args['config_dir']}/bundle.json",
             "pi_groups": args["pi_groups"],
             "legacy_units": args["legacy_units"],
+            "legacy_files": args["legacy_files"],
+            "legacy_users": args["legacy_users"],
         }
         first = self._execute_module(
             module_name="edge_agent_bundle", module_args=module_args, task_vars=task_vars
@@ -191,4 +202,9 @@ class ActionModule(ActionBase):
         second = self._execute_module(
             module_name="edge_agent_bundle", module_args=module_args, task_vars=task_vars
         )
+        if second.get("needs"):
+            raise AnsibleActionFail(
+                "edge_agent_bundle: files changed on the host while they were being installed: "
+                + ", ".join(second["needs"][:5])
+            )
         return {**result, **second}

@@ -60,6 +60,16 @@ options:
     type: list
     elements: path
     default: []
+  legacy_files:
+    description: Files and directories of older layouts to remove (old secrets among them).
+    type: list
+    elements: path
+    default: []
+  legacy_users:
+    description: Static users of older layouts to remove.
+    type: list
+    elements: str
+    default: []
 """
 
 import base64
@@ -121,12 +131,44 @@ def write_atomically(path, data, spec):
 
 
 def read_record(path):
+    """(instances, files, applied) from the record; applied maps an instance to the digest of
+    the inputs it was last (re)started with."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-        return list(data.get("instances", [])), list(data.get("files", []))
-    except (FileNotFoundError, ValueError):
-        return [], []
+        return (
+            list(data.get("instances", [])),
+            list(data.get("files", [])),
+            dict(data.get("applied", {})),
+        )
+    except (FileNotFoundError, ValueError, AttributeError):
+        return [], [], {}
+
+
+def inputs_digest(paths, files, extra=""):
+    """One digest of everything an instance reads, from the wanted files' digests."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(paths):
+        digest.update(f"{path}={files[path]['sha256']}".encode())
+    return digest.hexdigest()
+
+
+def remove_path(path):
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def prune_empty_dirs(paths, keep):
+    """Remove the directories of `paths` that are now empty, deepest first, except `keep`."""
+    parents = {os.path.dirname(p) for p in paths}
+    for parent in sorted(parents, key=len, reverse=True):
+        while parent not in keep and parent not in ("", "/") and os.path.isdir(parent):
+            if os.listdir(parent):
+                break
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
 
 
 def unit_name(template, instance):
@@ -163,17 +205,31 @@ def groups_dropin(template, groups):
     return path, "[Service]\nSupplementaryGroups=" + " ".join(groups) + "\n"
 
 
+# systemd states in which an instance is running or about to (not a reason to restart it).
+RUNNING_STATES = ("active", "activating", "reloading")
+
+
 def run(module):
     params = module.params
     present = params["state"] == "present"
     files = params["files"] if present else {}
     instances = params["instances"] if present else {}
     template = params["unit"]
-    old_instances, old_files = read_record(params["record"])
+    old_instances, old_files, applied = read_record(params["record"])
+    # Instances of an earlier run whose record was lost still have their wants links.
+    if os.path.isdir(WANTS_DIR):
+        prefix = unit_name(template, "")[: -len(".service")]
+        old_instances += [
+            link[len(prefix) : -len(".service")]
+            for link in os.listdir(WANTS_DIR)
+            if link.startswith(prefix) and link.endswith(".service")
+        ]
     differ = sorted(path for path, spec in files.items() if not file_matches(path, spec))
     stale = sorted(set(old_instances) - set(instances))
     stale_files = sorted(set(old_files) - set(files) - {params["record"]})
-    legacy = [unit for unit in params["legacy_units"] if os.path.exists(unit)]
+    legacy_units = [unit for unit in params["legacy_units"] if os.path.exists(unit)]
+    legacy_files = [path for path in params["legacy_files"] if os.path.lexists(path)]
+    legacy_users = [user for user in params["legacy_users"] if user_exists(user)]
 
     dropin_path, dropin_text = groups_dropin(template, raspberry_pi_groups(params["pi_groups"]))
     dropin_now = None
@@ -185,24 +241,33 @@ def run(module):
     dropin_changed = dropin_now != dropin_text
 
     names = sorted(instances)
+    wanted_digests = {n: inputs_digest(instances[n], files, dropin_text or "") for n in names}
     inactive = []
     if names:
-        done = module.run_command(
-            ["systemctl", "is-active"] + [unit_name(template, n) for n in names]
-        )
-        states = done[1].split()
-        inactive = [n for n, s in zip(names, states) if s != "active"]
+        units = [unit_name(template, n) for n in names]
+        states = module.run_command(["systemctl", "is-active", *units])[1].split()
+        inactive = [n for n, state in zip(names, states) if state not in RUNNING_STATES]
+    # A run that wrote files but died before restarting leaves the old digest recorded.
+    restart = [n for n in names if n in inactive or applied.get(n) != wanted_digests[n]]
     unlinked = [
         n for n in names if not os.path.islink(os.path.join(WANTS_DIR, unit_name(template, n)))
     ]
 
     result = {
         "changed": bool(
-            differ or stale or stale_files or legacy or dropin_changed or inactive or unlinked
+            differ
+            or stale
+            or stale_files
+            or legacy_units
+            or legacy_files
+            or legacy_users
+            or dropin_changed
+            or restart
+            or unlinked
         ),
         "differ": differ,
         "removed_instances": stale,
-        "restarted": [],
+        "restarted": restart if module.check_mode else [],
         "instances": names,
     }
     if module.check_mode or not result["changed"]:
@@ -219,33 +284,31 @@ def run(module):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomically(path, base64.b64decode(params["contents"][path]), files[path])
 
-    stop = [unit_name(template, n) for n in stale] + [os.path.basename(u) for u in legacy]
+    stop = [unit_name(template, n) for n in stale] + [os.path.basename(u) for u in legacy_units]
     if stop:
         module.run_command(["systemctl", "disable", "--now", *stop])
+    base = params["state_dir"]
+    private = os.path.join(os.path.dirname(base), "private", os.path.basename(base))
     for name in stale:
-        unit = unit_name(template, name)
-        for path in (os.path.join(WANTS_DIR, unit),):
-            if os.path.islink(path):
-                os.unlink(path)
-        base = params["state_dir"]
-        for state in (
-            os.path.join(base, name),
-            os.path.join(os.path.dirname(base), "private", os.path.basename(base), name),
-        ):
-            if os.path.islink(state) or os.path.isfile(state):
-                os.unlink(state)
-            elif os.path.isdir(state):
-                shutil.rmtree(state)
-    for path in stale_files + legacy:
-        if os.path.lexists(path):
-            os.unlink(path)
-            parent = os.path.dirname(path)
-            if not os.listdir(parent) and parent not in params["directories"]:
-                os.rmdir(parent)
+        remove_path(os.path.join(WANTS_DIR, unit_name(template, name)))
+        remove_path(os.path.join(base, name))
+        remove_path(os.path.join(private, name))
+    for path in stale_files + legacy_units + legacy_files:
+        remove_path(path)
+    for user in legacy_users:
+        module.run_command(["userdel", user], check_rc=True)
+    # The single-device layout kept its state directory private to its static user; the
+    # dynamic users must be able to pass through it to their own.
+    if present and os.path.isdir(base) and not os.path.islink(base):
+        os.chown(base, 0, 0)
+        os.chmod(base, 0o755)
+    keep = set(params["directories"]) if present else set()
+    prune_empty_dirs(stale_files + legacy_files, keep)
 
     if dropin_changed:
         if dropin_text is None:
-            os.unlink(dropin_path)
+            remove_path(dropin_path)
+            prune_empty_dirs([dropin_path], set())
         else:
             os.makedirs(os.path.dirname(dropin_path), exist_ok=True)
             write_atomically(dropin_path, dropin_text.encode(), {"mode": "0644"})
@@ -254,31 +317,34 @@ def run(module):
     for name in unlinked:
         os.symlink(template, os.path.join(WANTS_DIR, unit_name(template, name)))
 
-    if template in differ or dropin_changed or stale or legacy:
+    if template in differ or dropin_changed or stale or legacy_units:
         module.run_command(["systemctl", "daemon-reload"], check_rc=True)
-
-    changed_paths = set(differ)
-    if dropin_changed:
-        changed_paths.add(template)
-    restart = [n for n in names if n in inactive or changed_paths.intersection(instances[n])]
     if restart:
         # One call per host, whatever the number of devices.
-        module.run_command(
-            ["systemctl", "restart"] + [unit_name(template, n) for n in restart], check_rc=True
-        )
+        units = [unit_name(template, n) for n in restart]
+        module.run_command(["systemctl", "restart", *units], check_rc=True)
     result["restarted"] = restart
 
     if present:
-        record = {"instances": names, "files": sorted(files)}
+        record = {"instances": names, "files": sorted(files), "applied": wanted_digests}
         write_atomically(
             params["record"], (json.dumps(record, indent=1) + "\n").encode(), {"mode": "0644"}
         )
     else:
-        if os.path.exists(params["record"]):
-            os.unlink(params["record"])
+        remove_path(params["record"])
+        prune_empty_dirs([params["record"], *stale_files], set())
         for path in sorted(params["directories"], key=len, reverse=True):
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
     return result
+
+
+def user_exists(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def main():
@@ -294,6 +360,8 @@ def main():
             "record": {"type": "path", "required": True},
             "pi_groups": {"type": "list", "elements": "str", "default": []},
             "legacy_units": {"type": "list", "elements": "path", "default": []},
+            "legacy_files": {"type": "list", "elements": "path", "default": []},
+            "legacy_users": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )

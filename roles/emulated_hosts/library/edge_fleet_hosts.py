@@ -94,7 +94,7 @@ LABEL_NUMBER = "org.edge-fleet.device-number"
 LABEL_DEVICE_ID = "org.edge-fleet.device-id"
 LABEL_DEVICES = "org.edge-fleet.devices"
 
-# Each agent is one process; systemd adds none per instance.
+# Each agent is one process; the budget leaves room for its ExecStartPre and a restart.
 PIDS_PER_DEVICE = 2
 
 # The flags that let systemd run as PID 1 without --privileged (CAP_SYS_RESOURCE is not
@@ -127,6 +127,29 @@ def _pids_headroom() -> int:
 
 def _devices(host: dict[str, Any]) -> int:
     return int(host.get("devices") or (1 if host.get("role") == "device" else 0))
+
+
+def _running_agents(container: Any) -> int:
+    result = container.exec_run(
+        ["systemctl", "list-units", "edge-agent@*", "--state=active", "--plain", "--no-legend"]
+    )
+    return len(result.output.decode(errors="replace").split("\n")) - 1 if result.output else 0
+
+
+def _added_devices(existing: dict[str, Any], wanted: dict[str, dict[str, Any]]) -> int:
+    """Devices that running hosts are about to gain, which MemAvailable does not show yet.
+
+    A container's label records its device count at creation and cannot change, so only hosts
+    that want more than that are asked how many agents they run now.
+    """
+    added = 0
+    for name, container in existing.items():
+        if name not in wanted or container.status != "running":
+            continue
+        want = _devices(wanted[name])
+        if want > int(container.labels.get(LABEL_DEVICES, want)):
+            added += max(0, want - _running_agents(container))
+    return added
 
 
 def _capacity_error(
@@ -283,12 +306,7 @@ def reconcile(module: AnsibleModule, client: Any) -> dict[str, Any]:
     if module.check_mode:
         return result
 
-    # Devices added to hosts that exist already (their count was recorded at creation).
-    added_devices = sum(
-        max(0, _devices(wanted[name]) - int(c.labels.get(LABEL_DEVICES, _devices(wanted[name]))))
-        for name, c in existing.items()
-        if name in wanted
-    )
+    added_devices = _added_devices(existing, wanted)
     capacity_error = _capacity_error(to_create, added_devices, len(wanted), params)
     if capacity_error:
         module.fail_json(
