@@ -279,6 +279,7 @@ def run(module):
 
     for path, mode in params["directories"].items() if present else ():
         os.makedirs(path, exist_ok=True)
+        os.chown(path, 0, 0)  # an older layout made some of them its static user's
         os.chmod(path, int(mode, 8))
     for path in differ:
         os.makedirs(os.path.dirname(path), exist_ok=True)
