@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
             "validate and compute the slices as a real run would, write nothing, and report what "
             "would change ('X would be written, ... Z would be removed; manifest would be "
             "written|unchanged')"
+        ),
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help=(
+            "print the result as one JSON object (source, synthetic, devices, written, "
+            "unchanged, removed, manifest_written, check, changed) instead of prose"
         ),
     )
 
@@ -118,11 +127,27 @@ def _slice(args: argparse.Namespace) -> int:
     ds = load(path)
     check_sources(ds, args.allow_sources_mismatch)
     kind = "SYNTHETIC replica" if ds.synthetic else "dataset"
-    print(f"source: {path} ({source.why}; {kind}, {ds.rows:,} rows)")
+    if not args.json:
+        print(f"source: {path} ({source.why}; {kind}, {ds.rows:,} rows)")
     result, _ = write_slices(ds, args.devices, args.out, check=args.check)
+    if args.json:  # for tools (the fleet_artifacts role): what changed, not prose to parse
+        changed = bool(result.written or result.removed or result.manifest_written)
+        report = {
+            "source": path,
+            "why": source.why,
+            "synthetic": ds.synthetic,
+            "rows": ds.rows,
+            "devices": args.devices,
+            "written": result.written,
+            "unchanged": result.unchanged,
+            "removed": result.removed,
+            "manifest_written": result.manifest_written,
+            "check": args.check,
+            "changed": changed,
+        }
+        print(json.dumps(report))
+        return 0
     note = " (SYNTHETIC replica)" if ds.synthetic else ""
-    # Ansible's changed_when matches "[1-9][0-9]* (written|removed)|manifest written" on a real
-    # run and "[1-9][0-9]* would be (written|removed)|manifest would be written" with --check.
     would = "would be " if args.check else ""
     manifest = f"manifest {would}written" if result.manifest_written else "manifest unchanged"
     print(
