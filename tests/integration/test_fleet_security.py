@@ -20,7 +20,6 @@ from typing import Optional
 import pytest
 from fleet_helpers import (
     MqttClient,
-    agent_unit,
     ansible_playbook,
     as_agent_of,
     device_env,
@@ -264,13 +263,18 @@ def test_mutual_tls_needs_a_client_certificate_from_the_fleet_ca(mtls_fleet: Fle
     without_cert = Client(mtls_fleet, "consumer")
     without_cert.close()
     assert not without_cert.accepted
-    # The device's key is root's; systemd hands it to the instance alone (LoadCredential).
+    # The device's key is root's; the unit copies it for the instance alone (ExecStartPre=+).
     device = f"{MTLS_NAME}-pi-0001"
     key = f"/etc/edge-agent/devices/{device}/client.key"
     assert docker("exec", device, "stat", "-c", "%a %U", key).split() == ["600", "root"]
     env = device_env(device, device)
-    assert env["MQTT_TLS_CERT"] == f"/run/credentials/{agent_unit(device)}/client.crt", env
-    assert env["MQTT_TLS_KEY"] == f"/run/credentials/{agent_unit(device)}/client.key", env
+    assert env["MQTT_TLS_CERT"] == f"/run/edge-agent/{device}/client.crt", env
+    assert env["MQTT_TLS_KEY"] == f"/run/edge-agent/{device}/client.key", env
+    # The copy in the instance's runtime directory is its dynamic user's, read-only.
+    copy = docker("exec", device, "stat", "-c", "%a %u", env["MQTT_TLS_KEY"]).split()
+    pid = unit_show(device, device, "MainPID")["MainPID"]
+    agent_uid = docker("exec", device, "stat", "-c", "%u", f"/proc/{pid}").strip()
+    assert copy == ["400", agent_uid] and agent_uid != "0", (copy, agent_uid)
     denied = as_agent_of(device, device, f"cat {key}")
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
     handed = as_agent_of(device, device, f"head -c 27 {env['MQTT_TLS_KEY']}")
