@@ -63,3 +63,8 @@ def test_long_lists_are_truncated() -> None:
     ids = [f"02:00:00:00:{i // 256:02x}:{i % 256:02x}" for i in range(LIST_LIMIT + 7)]
     r = evaluate([], 1, expect_ids=ids)
     assert r.failure_lines(1)[1].endswith("... and 7 more")
+
+
+def test_expect_count_one_short_is_not_met() -> None:
+    r = evaluate([dev(A, 2), dev(B, 2), dev(C, 1)], min_messages=2, expect=3)
+    assert not r.met and (r.ready, r.wanted) == (2, 3)

@@ -116,6 +116,8 @@ CASES = [
     (f"other/{DEV}", json.dumps(GOOD).encode(), "bad_topic"),
     (f"iot/telemetryX/{DEV}", json.dumps(GOOD).encode(), "bad_topic"),
     (None, json.dumps(GOOD).encode(), "bad_topic"),
+    # An ID that differs from its topic only in letter case is another device's.
+    (TOPIC, json.dumps({**GOOD, "device_id": DEV.upper()}).encode(), "id_mismatch"),
 ]
 
 

@@ -231,3 +231,34 @@ def test_check_matches_the_real_run_results(tmp_path: Path) -> None:
         checked, check_windows = write_slices(load(source), n_devices, out, check=True)
         real, real_windows = write_slices(load(source), n_devices, out)
         assert checked == real and check_windows == real_windows
+
+
+def test_timestamps_in_scientific_notation_keep_their_exponent(tmp_path: Path) -> None:
+    """The published file writes Java doubles ("1.5945120943859746E9"). Read without the
+    exponent, that reading would sort before one at 1594512090.0 instead of after it."""
+    rows = [
+        ("1.5945120943859746E9", "21.5"),  # 1594512094.39: the later reading
+        ("1594512090.0", "20.5"),
+        ("1.5945121E9", "22.5"),  # 1594512100.0: the latest
+    ]
+    lines = [
+        ",".join(
+            f'"{v}"' for v in (ts, mac, "0.0049", "51.0", "false", "0.0076", "false", "0.02", t)
+        )
+        for mac in MACS
+        for ts, t in rows
+    ]
+    source = tmp_path / "sci.csv"
+    source.write_bytes(HEADER_LINE + "".join(f"{line}\n" for line in lines).encode())
+
+    write_slices(load(source), 3, tmp_path / "out")
+
+    from edge_agent.dataset import read_slice
+
+    readings = read_slice(str(tmp_path / "out" / "device-0001.csv"))
+    try:
+        stamps = [readings.ts_at(i) for i in range(len(readings))]
+    finally:
+        readings.close()
+    assert stamps == sorted(stamps)
+    assert stamps == pytest.approx([1594512090.0, 1594512094.3859746, 1594512100.0])
