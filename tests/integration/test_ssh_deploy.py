@@ -57,7 +57,8 @@ def physical_inventory(directory: Path, record_keys: bool = True) -> Path:
     key = ROOT / ".cache" / "fleet" / "ssh" / "id_ed25519"
     directory.mkdir(parents=True)
     # The README's lab step: record each host's key first; Ansible then checks it.
-    known_hosts = directory / "known_hosts"
+    # Beside the inventory, not in it: Ansible would read it as an inventory source.
+    known_hosts = directory.parent / f"{directory.name}-known_hosts"
     ports = [SSH_PORT_BASE + n for n in range(DEVICES + 1)]
     scans = [
         subprocess.run(
