@@ -10,17 +10,9 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 from edge_consumer.fastclient import SUPPORTED, FastClient
+from mqtt_bytes import varint
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="paho internals differ: stock client used")
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def publish(topic: str, payload: bytes, qos: int, mid: int, props: bytes = b"\x00") -> bytes:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import paho.mqtt.client as mqtt
 import pytest
 from edge_consumer.fastclient import SUPPORTED, FastClient
+from mqtt_bytes import varint
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -103,15 +104,6 @@ class Encoder:
 
     def data(self) -> bytes:
         return bytes(self.out)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def connack(session_present: bool = False) -> bytes:  # hand-written
