@@ -7,7 +7,7 @@ import sys
 import time
 from collections import deque
 from operator import attrgetter
-from typing import Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
 from .config import AgentConfig, ConfigError
 from .dataset import Slice
@@ -16,6 +16,9 @@ from .protocol import DATA_FIELDS, telemetry
 from .publisher import Publisher
 from .state import State, load_state, new_epoch, save_state
 from .wake import Waker
+
+if TYPE_CHECKING:
+    from .faults import FaultInjector
 
 log = logging.getLogger("edge_agent")
 
@@ -118,6 +121,12 @@ class Agent:
         self._saved: Optional[State] = None if config.dry_run else self._with_device(state)
         self._overflow_unlogged = 0
         self._overflow_logged_at = 0.0
+        self.faults: Optional[FaultInjector] = None
+        if config.faults is not None:  # imported only when enabled: the agent stays lean
+            from .faults import FaultInjector
+
+            self.faults = FaultInjector(config.faults, config.device_id)
+            log.warning("injecting faults: %s", config.faults)
 
     def _initial_state(self) -> State:
         state = load_state(self.config.state_dir)
@@ -190,12 +199,15 @@ class Agent:
 
     def payload(self, seq: int, row: int, ts: float) -> bytes:
         r = self.readings[row]
+        data = dict(zip(DATA_FIELDS, _data_values(r)))
+        if self.faults is not None:
+            data = self.faults.apply(seq, data)
         return telemetry(
             self.config.device_id,
             self.config.device_name,
             ts,
             seq,
-            dict(zip(DATA_FIELDS, _data_values(r))),
+            data,
             source={"device": r.device, "ts": r.ts},
             stats={
                 "overflow": self.overflow,
@@ -243,8 +255,10 @@ class Agent:
             # Catch up after a blocking connect attempt rather than silently skipping readings.
             while (count is None or produced < count) and now >= next_due:
                 row = self.next_row
-                self._produce()
-                produced += 1
+                # A dropout slot produces nothing: seq and row wait for the sensor to return.
+                if self.faults is None or not self.faults.silent(self.next_seq):
+                    self._produce()
+                    produced += 1
                 next_due += self.pacer.gap_after(row)
             self.sink.maintain()
             self._hand_over()

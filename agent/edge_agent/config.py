@@ -19,6 +19,8 @@ from .protocol import MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX, status_topic, tel
 if TYPE_CHECKING:
     import argparse
 
+    from .faults import FaultSpec
+
 PROG = "edge-agent"
 # Shared with the consumer (and its --log-level choices).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -58,6 +60,7 @@ class AgentConfig(NamedTuple):
     rate: Optional[float] = None
     dry_run: bool = False
     max_readings: Optional[int] = None  # --count (a field named count would hide tuple.count)
+    faults: Optional[FaultSpec] = None  # seeded fault injection (edge_agent.faults); off: None
 
     @property
     def telemetry_topic(self) -> str:
@@ -135,6 +138,12 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _faults(value: str) -> FaultSpec:
+    from .faults import parse_spec  # only when fault injection is asked for
+
+    return parse_spec(value)
+
+
 class _Setting(NamedTuple):
     env: str
     field: str
@@ -166,6 +175,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("STATE_DIR", "state_dir", "--state-dir", _text, "/var/lib/edge-agent"),
     _Setting("QUEUE_SIZE", "queue_size", "--queue-size", parse_positive_int, "10000"),
     _Setting("LOG_LEVEL", "log_level", "--log-level", _log_level, "INFO"),
+    _Setting("EDGE_AGENT_FAULTS", "faults", "--faults", _faults, None),
 )
 CONFIG_KEYS = {s.env.lower(): s for s in SETTINGS}
 

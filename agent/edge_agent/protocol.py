@@ -18,6 +18,7 @@ TELEMETRY_PREFIX = "iot/telemetry"  # JSON readings, QoS 1
 STATUS_PREFIX = "iot/status"  # "online" / "offline", retained (the agent's will says offline)
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
+ANOMALY_PREFIX = "iot/anomaly"  # the consumer's anomaly records (edge_consumer.anomaly), JSON
 
 
 def telemetry_topic(device_id: str, prefix: str = TELEMETRY_PREFIX) -> str:
@@ -25,6 +26,10 @@ def telemetry_topic(device_id: str, prefix: str = TELEMETRY_PREFIX) -> str:
 
 
 def status_topic(device_id: str, prefix: str = STATUS_PREFIX) -> str:
+    return f"{prefix}/{device_id}"
+
+
+def anomaly_topic(device_id: str, prefix: str = ANOMALY_PREFIX) -> str:
     return f"{prefix}/{device_id}"
 
 
