@@ -51,9 +51,9 @@ def main() -> None:
     inventory = workdir / "emulated"
     inventory.mkdir()
     (inventory / f"{NAME}.edge_fleet.yml").write_text(
-        f"plugin: edge_fleet\nnetwork: {NAME}\nname_prefix: {NAME}-pi-\n"
+        f"plugin: edge_fleet\nfleet_name: {NAME}\nname_prefix: {NAME}-pi-\n"
         f"broker_name: {NAME}-broker\ndevice_count: 2\narm64_count: 1\n"
-        f"mqtt_host_port: {free_port()}\nmqtts_host_port: {free_port()}\n"
+        f"broker_plaintext_port: {free_port()}\nbroker_tls_port: {free_port()}\nmonitor: false\n"
     )
     (inventory / "group_vars").symlink_to(ROOT / "inventories" / "emulated" / "group_vars")
     args = ["-i", str(inventory)]

@@ -137,7 +137,7 @@ class Bench:
             sys.executable,
             "-m",
             "edge_consumer",
-            "--host",
+            "--broker",
             "127.0.0.1",
             "--port",
             str(self.port),

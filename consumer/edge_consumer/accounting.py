@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from edge_agent.protocol import (
     STATUS_OFFLINE,
@@ -141,6 +141,7 @@ class DeviceStats:
         "agent_overflow",
         "agent_reconnects",
         "agent_skipped",
+        "data",
         "device_id",
         "epoch",
         "first_seen",
@@ -148,6 +149,7 @@ class DeviceStats:
         "last_seen",
         "latency",
         "name",
+        "next_sample",
         "onlines",
         "past_distinct",
         "past_gaps",
@@ -179,6 +181,8 @@ class DeviceStats:
         self.agent_overflow: Optional[int] = None  # latest stats.* the agent reported
         self.agent_reconnects: Optional[int] = None
         self.agent_skipped: Optional[int] = None
+        self.data: Optional[dict[str, Any]] = None  # the last valid readings (not a copy)
+        self.next_sample = 0.0  # when Accounting.recorder may take this device's next sample
 
     @property
     def duplicates(self) -> int:
@@ -232,6 +236,10 @@ class Accounting:
         self.latency = Histogram()
         self.first_message: Optional[float] = None
         self.last_message: Optional[float] = None
+        # Optional history hook, called with (device_id, now, data) at most once per
+        # record_every seconds per device: floods cost one float comparison per message.
+        self.recorder: Optional[Callable[[str, float, dict[str, Any]], None]] = None
+        self.record_every = 1.0
 
     def _device(self, device_id: str, now: float) -> DeviceStats:
         stats = self.devices.get(device_id)
@@ -284,6 +292,10 @@ class Accounting:
             dev.agent_overflow = stats.get("overflow", dev.agent_overflow)
             dev.agent_reconnects = stats.get("reconnects", dev.agent_reconnects)
             dev.agent_skipped = stats.get("skipped_rows", dev.agent_skipped)
+        dev.data = t.data
+        if self.recorder is not None and now >= dev.next_sample:
+            dev.next_sample = now + self.record_every
+            self.recorder(t.device_id, now, t.data)
         return t
 
     def handle_status(self, topic: str, payload: bytes, now: float) -> Optional[str]:

@@ -6,6 +6,7 @@ Exit codes: 0 ok (or fleet check met), 1 fleet check not met or runtime failure,
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from edge_agent.config import ConfigError
 from .accounting import Accounting
 from .config import PROG, ConsumerConfig, load_config
 from .fleetcheck import CheckResult, evaluate
+from .monitor import BrokerStats
 from .output import make_emitters
 from .subscriber import Subscriber
 from .summary import build_summary, print_summary
@@ -40,11 +42,16 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
+def _missing_monitor_modules() -> str:
+    names = ("prometheus_client", "starlette", "uvicorn")
+    return ", ".join(n for n in names if importlib.util.find_spec(n) is None)
+
+
 def run(config: ConsumerConfig) -> int:
     acc = Accounting(config.topic_prefix, config.status_prefix, config.max_payload)
     emit, emit_status = make_emitters(config.format, sys.stdout)
-    sub = Subscriber(config, acc, emit, emit_status)
-
+    broker = BrokerStats() if config.http_port else None
+    sub = Subscriber(config, acc, emit, emit_status, on_sys=broker.on_sys if broker else None)
     stop = threading.Event()
     stop_reason = ""
 
@@ -55,6 +62,12 @@ def run(config: ConsumerConfig) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+
+    web: Any = None
+    if broker is not None:
+        from .web import serve  # the monitor extra: imported only when it is used
+
+        web = serve(config, acc, broker, sub.connected.is_set)
 
     started = time.monotonic()
     deadline = started + config.duration if config.duration else None
@@ -94,6 +107,8 @@ def run(config: ConsumerConfig) -> int:
                     break
     finally:
         sub.stop()
+        if web is not None:
+            web.stop()
         sys.stdout.flush()
     elapsed = time.monotonic() - started
     logging.getLogger("edge_consumer").info("stopped: %s after %.1f s", stop_reason, elapsed)
@@ -122,7 +137,7 @@ def run(config: ConsumerConfig) -> int:
         _error(sub.fatal)
         return 1
     if sub.connects == 0:
-        _error(f"never connected to {config.host}:{config.port} in {elapsed:.0f} s")
+        _error(f"never connected to {config.broker}:{config.port} in {elapsed:.0f} s")
         if check is None:
             return 1
     if check is not None:
@@ -146,6 +161,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
         _error(str(exc))
+        return 2
+    if config.http_port and (missing := _missing_monitor_modules()):
+        _error(
+            f"--http-port needs the monitor extra (pip install 'edge-fleet[monitor]'): {missing}"
+        )
         return 2
     logging.basicConfig(
         level=config.log_level,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, TypeVar
+from typing import Callable, NamedTuple, NoReturn, Optional, TypeVar
 
 from edge_agent.config import (
     LOG_LEVELS,
@@ -20,14 +21,18 @@ from edge_agent.config import (
 )
 from edge_agent.protocol import MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX
 
+from .monitor import OFFLINE_AFTER, DeviceInfo, read_device_info
+
 PROG = "edge-consumer"
 FORMATS = ("pretty", "json", "none")
+CHARTJS = "/usr/share/javascript/chart.js/chart.min.js"  # Debian's libjs-chart.js
+HTTP_PASSWORD_ENV = "EDGE_CONSUMER_HTTP_PASSWORD"  # never a flag: argv is world-readable
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    host: str = "localhost"
+    broker: str = "localhost"
     port: int = 1883
     username: Optional[str] = None
     password: Optional[str] = None
@@ -49,10 +54,25 @@ class ConsumerConfig:
     min_messages: int = 1
     timeout: Optional[float] = None
     log_level: str = "WARNING"
+    # The monitor service: /metrics and the dashboard (http_port 0: no server).
+    http_bind: str = "127.0.0.1"
+    http_port: int = 0
+    http_user: Optional[str] = None
+    http_password: Optional[str] = field(default=None, repr=False)
+    chartjs: str = CHARTJS
+    device_info: Optional[dict[str, DeviceInfo]] = field(default=None, compare=False)
+    offline_after: float = OFFLINE_AFTER
 
     @property
     def fleet_check(self) -> bool:
         return self.expect is not None or self.expect_ids is not None
+
+    @property
+    def http_auth(self) -> Optional[tuple[str, str]]:
+        """Basic-auth credentials every route requires, or None (loopback without them)."""
+        if self.http_user and self.http_password:
+            return self.http_user, self.http_password
+        return None
 
 
 # --- value parsers: each raises ValueError with a short reason -------------------------
@@ -93,6 +113,29 @@ def read_password_file(path: str) -> str:
     return lines[0]
 
 
+class HttpSettings(NamedTuple):
+    http_bind: str
+    http_port: int
+    http_user: Optional[str]
+    http_password: Optional[str]
+    chartjs: str
+    device_info: Optional[dict[str, DeviceInfo]]
+    offline_after: float
+
+
+def is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def parse_http_port(value: str) -> int:
+    return 0 if value.strip() == "0" else parse_port(value)
+
+
 def parse(setting: str, raw: str, parser: Callable[[str], T]) -> T:
     try:
         return parser(raw)
@@ -115,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Subscribe to fleet telemetry, validate and account for every message.",
     )
     conn = p.add_argument_group("broker (flags override MQTT_* environment variables)")
-    conn.add_argument("--host", help="broker host (env MQTT_BROKER, default localhost)")
+    conn.add_argument("--broker", help="broker host (env MQTT_BROKER, default localhost)")
     conn.add_argument("--port", help="broker port (env MQTT_PORT, default 1883)")
     conn.add_argument("--username", help="env MQTT_USERNAME")
     conn.add_argument("--password-file", help="first line is the password (env MQTT_PASSWORD)")
@@ -144,7 +187,74 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--expect-ids", metavar="FILE", help="MACs (one per line) that must report")
     run.add_argument("--min-messages", default="1", help="valid messages per device (default 1)")
     run.add_argument("--timeout", help="fleet check gives up after S seconds (exit 1)")
+    web = p.add_argument_group(
+        "monitor service: Prometheus /metrics and the web dashboard",
+        f"Off unless --http-port is given. Bound to a non-loopback address, every route needs"
+        f" HTTP Basic auth: --http-user and the password in {HTTP_PASSWORD_ENV} (when given,"
+        f" they are required on loopback too). A device is online while its retained status"
+        f" is online and it was heard within --offline-after seconds.",
+    )
+    web.add_argument("--http-bind", help="address (env EDGE_CONSUMER_HTTP_BIND, default 127.0.0.1)")
+    web.add_argument("--http-port", help="port, 0 = off (env EDGE_CONSUMER_HTTP_PORT, default 0)")
+    web.add_argument("--http-user", help="basic-auth user (env EDGE_CONSUMER_HTTP_USER)")
+    web.add_argument(
+        "--chartjs",
+        metavar="PATH",
+        help=f"Chart.js for the charts (env EDGE_CONSUMER_CHARTJS, default {CHARTJS})",
+    )
+    web.add_argument(
+        "--device-info",
+        metavar="FILE",
+        help="JSON {device_id: {name, arch, host}} (env EDGE_CONSUMER_DEVICE_INFO)",
+    )
+    web.add_argument(
+        "--offline-after",
+        metavar="S",
+        help=f"a device silent this long is offline (env EDGE_CONSUMER_OFFLINE_AFTER, default"
+        f" {OFFLINE_AFTER:g} = 3 x the agent's 5 s interval)",
+    )
     return p
+
+
+def _http_settings(
+    args: argparse.Namespace,
+    pick: Callable[[Optional[str], str], Optional[str]],
+    env: Mapping[str, str],
+) -> HttpSettings:
+    """The monitor service's settings; starting it unprotected off loopback is a usage error."""
+    bind = pick(args.http_bind, "EDGE_CONSUMER_HTTP_BIND") or "127.0.0.1"
+    port_raw = pick(args.http_port, "EDGE_CONSUMER_HTTP_PORT")
+    port_setting = "--http-port" if args.http_port else "EDGE_CONSUMER_HTTP_PORT"
+    port = parse(port_setting, port_raw, parse_http_port) if port_raw else 0
+    user = pick(args.http_user, "EDGE_CONSUMER_HTTP_USER")
+    password = env.get(HTTP_PASSWORD_ENV) or None
+    offline_raw = pick(args.offline_after, "EDGE_CONSUMER_OFFLINE_AFTER")
+    offline_setting = "--offline-after" if args.offline_after else "EDGE_CONSUMER_OFFLINE_AFTER"
+    info_path = pick(args.device_info, "EDGE_CONSUMER_DEVICE_INFO")
+    info_setting = "--device-info" if args.device_info else "EDGE_CONSUMER_DEVICE_INFO"
+    if port:
+        if not is_loopback(bind) and not (user and password):
+            raise ConfigError(
+                "--http-bind",
+                f"{bind} is not a loopback address: serving metrics and the dashboard there"
+                f" needs HTTP Basic auth; give --http-user and the password in {HTTP_PASSWORD_ENV}",
+            )
+        if bool(user) != bool(password):
+            raise ConfigError(
+                "--http-user",
+                f"--http-user and {HTTP_PASSWORD_ENV} must be given together",
+            )
+    return HttpSettings(
+        http_bind=bind,
+        http_port=port,
+        http_user=user,
+        http_password=password,
+        chartjs=pick(args.chartjs, "EDGE_CONSUMER_CHARTJS") or CHARTJS,
+        device_info=parse(info_setting, info_path, read_device_info) if info_path else None,
+        offline_after=parse(offline_setting, offline_raw, parse_positive_float)
+        if offline_raw
+        else OFFLINE_AFTER,
+    )
 
 
 def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> ConsumerConfig:
@@ -157,7 +267,7 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
         value = env.get(env_name)
         return value if value else None
 
-    host = pick(args.host, "MQTT_BROKER") or "localhost"
+    broker = pick(args.broker, "MQTT_BROKER") or "localhost"
     port_raw = pick(args.port, "MQTT_PORT")
     port = parse("--port" if args.port else "MQTT_PORT", port_raw, parse_port) if port_raw else 1883
 
@@ -201,7 +311,7 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
         raise ConfigError("--timeout", "only applies to a fleet check (--expect/--expect-ids)")
 
     return ConsumerConfig(
-        host=host,
+        broker=broker,
         port=port,
         username=pick(args.username, "MQTT_USERNAME"),
         password=password,
@@ -225,4 +335,5 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
         min_messages=parse("--min-messages", args.min_messages, parse_positive_int),
         timeout=timeout,
         log_level=args.log_level,
+        **_http_settings(args, pick, env)._asdict(),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 import paho.mqtt.client as mqtt
 from edge_agent.protocol import status_topic, telemetry_topic
@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from .accounting import Accounting
 from .config import ConsumerConfig
 from .fastclient import FastClient, make_client
+from .monitor import SYS_PREFIX, SYS_TOPIC
 from .output import Emitter, StatusEmitter
 
 log = logging.getLogger("edge_consumer.mqtt")
@@ -43,8 +44,13 @@ class Subscriber:
         acc: Accounting,
         emit: Optional[Emitter] = None,
         emit_status: Optional[StatusEmitter] = None,
+        on_sys: Optional[Callable[[str, bytes], None]] = None,
+        sys_topic: str = SYS_TOPIC,
     ) -> None:
+        """on_sys: called with broker $SYS messages, and subscribes to `sys_topic` for them."""
         self.config = config
+        self.on_sys = on_sys
+        self.sys_topic = sys_topic
         self.acc = acc
         self.connected = threading.Event()
         self.fatal: Optional[str] = None  # set when the broker refuses us for good
@@ -76,7 +82,7 @@ class Subscriber:
         # connect_async + loop_start: paho retries the first connection too, so the consumer
         # may start before the broker does.
         self.client.connect_async(
-            self.config.host,
+            self.config.broker,
             self.config.port,
             keepalive=KEEPALIVE,
             clean_start=not self.config.persistent,
@@ -101,16 +107,17 @@ class Subscriber:
         self.connects += 1
         log.info(
             "connected to %s:%d (session present: %s)",
-            self.config.host,
+            self.config.broker,
             self.config.port,
             getattr(flags, "session_present", False),
         )
-        client.subscribe(
-            [
-                (telemetry_topic("+", self.config.topic_prefix), 1),
-                (status_topic("+", self.config.status_prefix), 1),
-            ]
-        )
+        topics = [
+            (telemetry_topic("+", self.config.topic_prefix), 1),
+            (status_topic("+", self.config.status_prefix), 1),
+        ]
+        if self.on_sys is not None:
+            topics.append((self.sys_topic, 0))  # QoS 0: the broker re-sends them anyway
+        client.subscribe(topics)
         self.connected.set()
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
@@ -119,7 +126,9 @@ class Subscriber:
             log.error("broker refused a subscription: %s", ", ".join(refused))
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
-        log.warning("cannot reach %s:%d; retrying with backoff", self.config.host, self.config.port)
+        log.warning(
+            "cannot reach %s:%d; retrying with backoff", self.config.broker, self.config.port
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
@@ -135,6 +144,7 @@ class Subscriber:
         handle = self.acc.handle
         handle_status = self.acc.handle_status
         status_prefix = self.config.status_prefix + "/"
+        on_sys = self.on_sys
         clock = time.time
         sinks: list[Any] = [emit, emit_status]  # cleared when the output stream fails
 
@@ -153,6 +163,12 @@ class Subscriber:
                         sinks[1](topic[len(status_prefix) :], state, retained, now)
                     except (OSError, ValueError):
                         output_failed()
+                return
+            if topic is not None and topic.startswith(SYS_PREFIX):
+                # Also when on_sys is None: a persistent session may still hold an old $SYS
+                # subscription, and broker stats are not invalid telemetry.
+                if on_sys is not None:
+                    on_sys(topic, payload)
                 return
             result = handle(topic, payload, now)
             if sinks[0] is not None:

@@ -102,6 +102,7 @@ def fleet_device_list(
         known = {d["name"]: d["device_id"] for d in variables.get("device_identity_devices") or []}
         for device in host_devices(host, variables, next_number):
             device["device_id"] = str(known.get(device["name"]) or device["device_id"]).lower()
+            device["arch"] = str(variables.get("device_arch") or "")  # empty: not known (a real Pi)
             devices.append(device)
             next_number = max(next_number, device["number"] + 1)
     bad = [d for d in devices if not DEVICE_NAME.match(d["name"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from edge_agent.protocol import STATUS_PREFIX, TELEMETRY_PREFIX
 
 
 def fleet_mqtt_users(credentials: dict[str, str]) -> list[dict[str, str]]:
@@ -18,12 +19,13 @@ def fleet_mqtt_acl(
     device_ids: dict[str, str],
     consumer: str,
     admin: str,
-    telemetry_prefix: str = "iot/telemetry",
-    status_prefix: str = "iot/status",
+    monitor: str = "",
+    telemetry_prefix: str = TELEMETRY_PREFIX,
+    status_prefix: str = STATUS_PREFIX,
 ) -> list[dict[str, Any]]:
     """{device user: device ID} -> the fleet's policy: each device writes only its own two
-    topics and reads nothing, the consumer only reads telemetry and status, the admin may do
-    anything."""
+    topics and reads nothing, the consumer only reads telemetry and status, the monitor reads
+    those and the broker's $SYS figures, the admin may do anything."""
     if not isinstance(device_ids, dict):
         raise AnsibleFilterError("fleet_mqtt_acl: expected a mapping of device user to device ID")
     acl: list[dict[str, Any]] = []
@@ -52,6 +54,17 @@ def fleet_mqtt_acl(
             ],
         }
     )
+    if monitor:
+        acl.append(
+            {
+                "user": monitor,
+                "topics": [
+                    {"access": "read", "topic": f"{telemetry_prefix}/+"},
+                    {"access": "read", "topic": f"{status_prefix}/+"},
+                    {"access": "read", "topic": "$SYS/#"},
+                ],
+            }
+        )
     acl.append({"user": admin, "topics": [{"access": "readwrite", "topic": "#"}]})
     return acl
 

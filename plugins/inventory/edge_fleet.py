@@ -1,4 +1,4 @@
-"""Inventory plugin that describes an emulated edge fleet: one MQTT broker and N Pi devices."""
+"""Inventory plugin that describes an emulated edge fleet: a broker, a monitor and N Pi devices."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from edge_agent.protocol import OCTET, source_mac
 
 DOCUMENTATION = r"""
 name: edge_fleet
-short_description: Emulated edge fleet of Raspberry Pi containers and one MQTT broker
+short_description: Emulated edge fleet of Raspberry Pi containers, an MQTT broker and a monitor
 description:
   - Generates the hosts of an emulated edge fleet from a small config file whose name ends in
     C(.edge_fleet.yml) or C(.edge_fleet.yaml).
-  - Group C(emulated) has two children, C(broker) (one host) and C(devices), the hosts that run
-    agents. Container names equal inventory host names.
+  - Group C(emulated) has three children, C(broker) (one host, Mosquitto), C(monitor) (one host,
+    the fleet's consumer service and Prometheus) and C(devices), the hosts that run agents.
+    Container names equal inventory host names.
   - There are I(device_count) devices named C(<name_prefix>0001), C(<name_prefix>0002), ... (zero
     padded to four digits, wider only past 9999). Each host runs I(devices_per_host) of them, in
     order. With one device per host the host carries the device's name; packed hosts are named
@@ -92,6 +93,17 @@ options:
     description: Host and container name of the MQTT broker; must not clash with a device name.
     type: str
     default: edge-broker
+  monitor:
+    description:
+      - Whether the fleet has a monitor host (group C(monitor)) that runs the consumer service,
+        its dashboard and Prometheus. Without it the C(monitor) group is empty and the monitor
+        play does nothing.
+    type: bool
+    default: true
+  monitor_name:
+    description: Host and container name of the monitor; must not clash with a device name.
+    type: str
+    default: edge-monitor
   image:
     description: Container image the devices run; exported as C(fleet_image).
     type: str
@@ -125,8 +137,10 @@ options:
         so the addresses cannot collide with real hardware. Stored in lower case.
     type: str
     default: 0a:ed:9e
-  network:
-    description: Name of the container network the fleet joins; exported as C(fleet_network).
+  fleet_name:
+    description:
+      - Name of the fleet, exported as C(fleet_name). It names the fleet's Docker network, labels
+        its containers and keys its artifacts on the controller (C(.cache/fleet/<fleet_name>)).
     type: str
     default: edge-fleet
   connection:
@@ -134,8 +148,9 @@ options:
       - How Ansible reaches the hosts.
       - C(docker) uses the C(docker) connection (community.docker.docker, named so that
         Mitogen can take it over) with C(ansible_host) set to the container name.
-      - C(ssh) uses C(ssh) to C(127.0.0.1) as I(ssh_user); the broker listens on I(ssh_port_base)
-        and device I(n) on I(ssh_port_base) + I(n).
+      - C(ssh) uses C(ssh) to C(127.0.0.1) as I(ssh_user); the monitor listens on
+        I(ssh_port_base) - 1, the broker on I(ssh_port_base) and device host I(n) on
+        I(ssh_port_base) + I(n).
     type: str
     default: docker
     choices: [docker, ssh]
@@ -149,14 +164,25 @@ options:
     description: Remote user when I(connection=ssh).
     type: str
     default: pi
-  mqtt_host_port:
-    description: Port on the controller loopback where the broker's MQTT port is published.
+  broker_plaintext_port:
+    description:
+      - Controller loopback port that publishes the broker's plaintext MQTT port 1883.
+      - Published only when the fleet runs without TLS (C(fleet_mqtt_tls=false)); with TLS the
+        broker's plaintext listener is on its own loopback or off, so there is nothing to publish.
     type: int
     default: 1883
-  mqtts_host_port:
-    description: Port on the controller loopback where the broker's MQTT-over-TLS port is published.
+  broker_tls_port:
+    description: Controller loopback port that publishes the broker's MQTT-over-TLS port 8883.
     type: int
     default: 8883
+  dashboard_port:
+    description: Controller loopback port that publishes the monitor's web dashboard and metrics.
+    type: int
+    default: 9180
+  prometheus_port:
+    description: Controller loopback port that publishes the monitor's Prometheus.
+    type: int
+    default: 9090
 """
 
 EXAMPLES = r"""
@@ -186,6 +212,9 @@ MAX_DEVICES_PER_HOST = 100
 # max_containers_per_network), less the broker and the monitor, with room to spare.
 PACKED_DEVICES_PER_HOST = 10
 MAX_HOSTS_PER_NETWORK = 990
+
+# Controller loopback ports, exported as fleet_<option>.
+PORT_OPTIONS = ("broker_plaintext_port", "broker_tls_port", "dashboard_port", "prometheus_port")
 
 # Options whose DOCUMENTATION lists `vars`: extra vars of those names override them.
 VAR_OPTIONS = ("device_count", "devices_per_host", "arm64_count", "architecture")
@@ -295,7 +324,7 @@ def _show(value: Any) -> str:
 
 
 class InventoryModule(BaseInventoryPlugin):
-    """Build the groups `emulated`, `broker` and `devices` from the config file's options."""
+    """Build the groups `emulated`, `broker`, `monitor` and `devices` from the config file."""
 
     NAME = "edge_fleet"
     # Every value is a constant, a validated name or MAC, or an option from the config file or
@@ -323,23 +352,31 @@ class InventoryModule(BaseInventoryPlugin):
         mac_prefix = parse_mac_prefix(self.get_option("mac_prefix"))
         architecture = self.get_option("architecture")
         connection = self.get_option("connection")
-        mqtt_port = parse_count("mqtt_host_port", self.get_option("mqtt_host_port"), 1, 65535)
-        mqtts_port = parse_count("mqtts_host_port", self.get_option("mqtts_host_port"), 1, 65535)
-        ssh_base = parse_count("ssh_port_base", self.get_option("ssh_port_base"), 1, 65535 - count)
+        monitor = parse_name("monitor_name", self.get_option("monitor_name"))
+        ports = {
+            option: parse_count(option, self.get_option(option), 1, 65535)
+            for option in PORT_OPTIONS
+        }
+        ssh_base = parse_count("ssh_port_base", self.get_option("ssh_port_base"), 2, 65535 - count)
         if architecture == "arm64":
             arm64_count = count
         self._prefix, self._mac_prefix = prefix, mac_prefix
-        if broker.startswith(prefix) and broker[len(prefix) :].removeprefix("host-").isdigit():
+        for option, name in (("broker_name", broker), ("monitor_name", monitor)):
+            if name.startswith(prefix) and name[len(prefix) :].removeprefix("host-").isdigit():
+                raise AnsibleParserError(
+                    f"edge_fleet: {option} {name} looks like a device name for name_prefix "
+                    f"{prefix}; choose another {option}"
+                )
+        if broker == monitor:
             raise AnsibleParserError(
-                f"edge_fleet: broker_name {broker} looks like a device name for name_prefix "
-                f"{prefix}; choose another broker_name"
+                f"edge_fleet: broker_name and monitor_name are both {broker}; give them two names"
             )
 
         inv = self.inventory
-        for group in ("emulated", "broker", "devices"):
+        for group in ("emulated", "broker", "monitor", "devices"):
             inv.add_group(group)
-        inv.add_child("emulated", "broker")
-        inv.add_child("emulated", "devices")
+            if group != "emulated":
+                inv.add_child("emulated", group)
 
         fleet_vars = {
             "fleet_device_count": count,
@@ -349,12 +386,12 @@ class InventoryModule(BaseInventoryPlugin):
             "fleet_arm64_count": arm64_count,
             "fleet_architecture": architecture,
             "fleet_broker_name": broker,
-            "fleet_network": self.get_option("network"),
+            "fleet_monitor_name": monitor,
+            "fleet_name": parse_name("fleet_name", self.get_option("fleet_name")),
             "fleet_image": self.get_option("image"),
             "fleet_mac_prefix": mac_prefix,
             "fleet_connection": connection,
-            "fleet_mqtt_host_port": mqtt_port,
-            "fleet_mqtts_host_port": mqtts_port,
+            **{f"fleet_{option}": port for option, port in ports.items()},
         }
         if connection == "docker":
             # The short name routes to community.docker.docker; Mitogen takes over only this one.
@@ -369,12 +406,17 @@ class InventoryModule(BaseInventoryPlugin):
             inv.set_variable("all", key, value)
         for key, value in connection_vars.items():
             inv.set_variable("emulated", key, value)
-        inv.set_variable("broker", "fleet_role", "broker")
+        for group in ("broker", "monitor"):
+            inv.set_variable(group, "fleet_role", group)
         inv.set_variable("devices", "fleet_role", "device")
 
-        inv.add_host(broker, group="broker")
-        inv.set_variable(broker, "device_arch", architecture)
-        self._set_address(broker, connection, ssh_base)
+        infrastructure = [(broker, "broker", ssh_base)]
+        if self.get_option("monitor"):
+            infrastructure.append((monitor, "monitor", ssh_base - 1))
+        for name, group, ssh_port in infrastructure:
+            inv.add_host(name, group=group)
+            inv.set_variable(name, "device_arch", architecture)
+            self._set_address(name, connection, ssh_port)
 
         for index, first in enumerate(range(1, count + 1, per_host), start=1):
             numbers = range(first, min(first + per_host, count + 1))

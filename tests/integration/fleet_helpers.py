@@ -97,12 +97,31 @@ def ansible_playbook(
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr)
 
 
+# The inventory plugin's options for ports that the fleet publishes on the controller loopback.
+PUBLISHED_PORT_OPTIONS = (
+    "broker_plaintext_port",
+    "broker_tls_port",
+    "dashboard_port",
+    "prometheus_port",
+)
+
+
 def write_emulated_inventory(directory: Path, name: str, **options: object) -> Path:
-    """An emulated inventory of its own (network, names, ports) beside the project's group_vars."""
+    """An emulated inventory of its own (fleet name, host names, free loopback ports) beside the
+    project's group_vars. Tests that need a port pass it; the others get free ones. The monitor
+    host is off unless a test asks for it (monitor=True)."""
     directory.mkdir(parents=True, exist_ok=True)
-    lines = ["plugin: edge_fleet", f"network: {name}", f"name_prefix: {name}-pi-"]
-    lines.append(f"broker_name: {name}-broker")
-    lines += [f"{key}: {value}" for key, value in options.items()]
+    settings: dict[str, object] = {
+        "plugin": "edge_fleet",
+        "fleet_name": name,
+        "name_prefix": f"{name}-pi-",
+        "broker_name": f"{name}-broker",
+        "monitor_name": f"{name}-monitor",
+        "monitor": False,
+        **{option: free_port() for option in PUBLISHED_PORT_OPTIONS},
+        **options,
+    }
+    lines = [f"{key}: {value}" for key, value in settings.items()]
     (directory / f"{name}.edge_fleet.yml").write_text("\n".join(lines) + "\n")
     (directory / "group_vars").symlink_to(ROOT / "inventories" / "emulated" / "group_vars")
     return directory

@@ -62,7 +62,7 @@ class FleetWatch:
         summary = self.workdir / f"window-{self.windows}.json"
         command = [
             str(BIN / "edge-consumer"),
-            "--host", "127.0.0.1",
+            "--broker", "127.0.0.1",
             "--port", str(self.port),
             "--tls-ca", str(self.ca),
             "--username", "consumer",

@@ -113,7 +113,7 @@ def test_three_agents_reach_the_consumer(
 
     consumer = subprocess.run(
         [sys.executable, "-c", "import sys; from edge_consumer.cli import main; sys.exit(main())",
-         "--host", mosquitto.host, "--port", str(mosquitto.port), "--expect", "3",
+         "--broker", mosquitto.host, "--port", str(mosquitto.port), "--expect", "3",
          "--min-messages", "5", "--timeout", "30", "--format", "none"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -151,6 +151,36 @@ def test_agent_restart_resumes_seq_without_gaps(
     assert max(seqs) == final - 1
     if sig == signal.SIGTERM:
         assert len(seqs) == len(set(seqs)) == final  # graceful: no duplicates either
+
+
+def test_agent_killed_while_the_broker_stalls_resends_what_was_queued_or_in_flight(
+    start_agent: AgentFactory, collector: Collector, mosquitto: Broker, tmp_path: Path
+) -> None:
+    """The saved watermark must stay at the oldest reading not yet acknowledged.
+
+    A stalled broker (SIGSTOP) acknowledges nothing, so the agent fills its in-flight window and
+    then queues. Killed then, a restarted agent must send those readings again: a watermark that
+    moved past queued or in-flight readings shows up as a gap here.
+    """
+    dev = device_id(1)
+    proc = start_agent(1, rows=7)
+    assert wait_until(lambda: collector.count(dev) >= 20, 20)
+    assert mosquitto.proc is not None
+    mosquitto.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4)  # 20 readings/s: the in-flight window fills, then the queue grows
+        stalled_at = saved_seq(tmp_path, 1)
+        assert stop(proc, signal.SIGKILL) != 0
+    finally:
+        mosquitto.proc.send_signal(signal.SIGCONT)
+    # The saved position is nothing beyond what the broker acknowledged (and so delivered).
+    assert wait_until(lambda: stalled_at <= max(collector.snapshot()[dev]) + 1, 10)
+
+    proc = start_agent(1, rows=7)
+    assert wait_until(lambda: collector.count(dev) >= stalled_at + 100, 30)
+    assert stop(proc) == 0
+    final = saved_seq(tmp_path, 1)
+    assert wait_until(lambda: not collector.missing(dev, final), 10), collector.missing(dev, final)
 
 
 def test_broker_restart_leaves_no_gaps(

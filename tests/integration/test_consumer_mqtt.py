@@ -63,7 +63,7 @@ class Consumer:
 
     def __init__(self, broker: Any, tmp: Path, *args: str) -> None:
         self.summary = tmp / f"summary-{time.monotonic_ns()}.json"
-        cmd = [sys.executable, "-m", "edge_consumer", "--host", broker.host]
+        cmd = [sys.executable, "-m", "edge_consumer", "--broker", broker.host]
         cmd += ["--port", str(broker.port), "--summary-json", str(self.summary)]
         cmd += ["--log-level", "INFO", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -192,7 +192,7 @@ def test_sigterm_stops_cleanly_with_a_summary(mosquitto: Any, tmp_path: Path) ->
 def test_unreachable_broker_fails_the_fleet_check(tmp_path: Path) -> None:
     from conftest import free_port
 
-    cmd = [sys.executable, "-m", "edge_consumer", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "edge_consumer", "--broker", "127.0.0.1"]
     cmd += ["--port", str(free_port()), "--expect", "1", "--timeout", "1.5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

@@ -21,7 +21,7 @@ PLAYBOOK = """
     - role: fleet_credentials
       vars:
         fleet_credentials_file: "{{ credentials_file }}"
-        fleet_credentials_device_users: "{{ devices.split(',') }}"
+        fleet_credentials_users: "{{ devices.split(',') + ['consumer', 'admin'] }}"
   tasks:
     - name: Expose one password so that the test can compare runs
       ansible.builtin.copy:

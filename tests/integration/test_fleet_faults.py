@@ -72,8 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("inventory") / "emulated",
         NAME,
-        mqtt_host_port=free_port(),
-        mqtts_host_port=port,
+        broker_tls_port=port,
     )
     inventory = ["-i", str(directory)]
     workdir = tmp_path_factory.mktemp("watch")

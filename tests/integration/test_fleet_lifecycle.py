@@ -24,7 +24,6 @@ from fleet_helpers import (
     fleet_containers,
     fleet_layout,
     fleet_passwords,
-    free_port,
     private_state_path,
     require_docker,
     slice_path,
@@ -44,8 +43,6 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("inventory") / "emulated",
         NAME,
-        mqtt_host_port=free_port(),
-        mqtts_host_port=free_port(),
     )
     args = ["-i", str(directory)]
     yield args

@@ -57,8 +57,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("inventory") / "emulated",
         NAME,
-        mqtt_host_port=plain_port,
-        mqtts_host_port=port,
+        broker_plaintext_port=plain_port,
+        broker_tls_port=port,
         device_count=2,
     )
     args = ["-i", str(directory)]
@@ -238,8 +238,7 @@ def mtls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("inventory") / "emulated",
         MTLS_NAME,
-        mqtt_host_port=free_port(),
-        mqtts_host_port=port,
+        broker_tls_port=port,
         device_count=1,
     )
     args = ["-i", str(directory), "-e", "fleet_mqtt_mtls=true"]

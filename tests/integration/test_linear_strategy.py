@@ -12,7 +12,6 @@ import pytest
 from fleet_helpers import (
     ansible_playbook,
     fleet_containers,
-    free_port,
     require_docker,
     write_emulated_inventory,
 )
@@ -30,8 +29,6 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
         NAME,
         device_count=3,
         devices_per_host=2,
-        mqtt_host_port=free_port(),
-        mqtts_host_port=free_port(),
     )
     args = ["-i", str(directory)]
     yield args

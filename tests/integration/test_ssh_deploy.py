@@ -42,8 +42,8 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
         device_count=DEVICES,
         connection="ssh",
         ssh_port_base=SSH_PORT_BASE,
-        mqtt_host_port=mqtt_port,
-        mqtts_host_port=mqtts_port,
+        broker_plaintext_port=mqtt_port,
+        broker_tls_port=mqtts_port,
     )
     args = ["-i", str(directory)]
     run = ansible_playbook("playbooks/emulated_hosts.yml", *args)
@@ -101,9 +101,9 @@ def test_site_deploys_over_ssh_with_become_and_agents_publish(
     # The controller reaches the broker through the port its container publishes on loopback;
     # on a real lab that is the broker Pi's own address.
     controller_view = [
-        "-e", "fleet_consumer_broker_host=127.0.0.1",
-        "-e", f"fleet_mqtt_host_port={emulated['mqtt_port']}",
-        "-e", f"fleet_mqtts_host_port={emulated['mqtts_port']}",
+        "-e", "fleet_controller_broker_host=127.0.0.1",
+        "-e", f"fleet_broker_plaintext_port={emulated['mqtt_port']}",
+        "-e", f"fleet_broker_tls_port={emulated['mqtts_port']}",
     ]  # fmt: skip
     run = ansible_playbook("site.yml", "-i", str(inventory), *controller_view)
     assert run.rc == 0, run.output[-4000:]

@@ -11,7 +11,7 @@ from edge_consumer.config import ConfigError, load_config
 
 def test_defaults() -> None:
     c = load_config([], {})
-    assert (c.host, c.port, c.topic_prefix, c.status_prefix) == (
+    assert (c.broker, c.port, c.topic_prefix, c.status_prefix) == (
         "localhost",
         1883,
         "iot/telemetry",
@@ -26,13 +26,13 @@ def test_environment_is_used_and_flags_override_it(tmp_path: Path) -> None:
     env = {"MQTT_BROKER": "broker.env", "MQTT_PORT": "1884", "MQTT_USERNAME": "envuser"}
     env["MQTT_PASSWORD"] = "envpass"
     c = load_config([], env)
-    assert (c.host, c.port, c.username, c.password) == ("broker.env", 1884, "envuser", "envpass")
+    assert (c.broker, c.port, c.username, c.password) == ("broker.env", 1884, "envuser", "envpass")
     pw = tmp_path / "pw"
     pw.write_text("filepass\n")
     c = load_config(
-        ["--host", "flag", "--port", "2000", "--username", "u", "--password-file", str(pw)], env
+        ["--broker", "flag", "--port", "2000", "--username", "u", "--password-file", str(pw)], env
     )
-    assert (c.host, c.port, c.username, c.password) == ("flag", 2000, "u", "filepass")
+    assert (c.broker, c.port, c.username, c.password) == ("flag", 2000, "u", "filepass")
 
 
 def test_expect_ids_file(tmp_path: Path) -> None:

@@ -77,11 +77,13 @@ def all_devices(data: dict[str, Any]) -> list[dict[str, Any]]:
 # --- The real CLI -----------------------------------------------------------------------
 
 
-def test_default_fleet_has_broker_and_three_devices():
+def test_default_fleet_has_broker_monitor_and_three_devices():
     data = inventory_list(EMULATED)
 
-    assert set(data["emulated"]["children"]) == {"broker", "devices"}
+    assert set(data["emulated"]["children"]) == {"broker", "monitor", "devices"}
     assert data["broker"]["hosts"] == ["edge-broker"]
+    assert data["monitor"]["hosts"] == ["edge-monitor"]
+    assert hostvars(data, "edge-monitor")["fleet_role"] == "monitor"
     assert devices(data) == ["pi-0001", "pi-0002", "pi-0003"]
     broker = hostvars(data, "edge-broker")
     assert broker["fleet_role"] == "broker"
@@ -101,12 +103,15 @@ def test_default_fleet_has_broker_and_three_devices():
     assert first["fleet_devices_per_host"] == 1
     assert first["ansible_host"] == "pi-0001"
     assert first["fleet_device_count"] == 3
-    assert first["fleet_network"] == "edge-fleet"
+    assert first["fleet_name"] == "edge-fleet"
     assert first["fleet_image"] == "edge-fleet/pi-os:bookworm"
     assert first["fleet_mac_prefix"] == "0a:ed:9e"
     assert first["fleet_connection"] == "docker"
     assert first["fleet_arm64_count"] == 0
-    assert first["fleet_mqtt_host_port"] == 1883
+    assert first["fleet_broker_plaintext_port"] == 1883
+    assert first["fleet_broker_tls_port"] == 8883
+    assert first["fleet_dashboard_port"] == 9180
+    assert first["fleet_prometheus_port"] == 9090
 
 
 def test_extra_vars_device_count_beats_the_file():
@@ -218,6 +223,7 @@ def test_ssh_connection_uses_loopback_ports(tmp_path):
     assert broker["ansible_host"] == "127.0.0.1"
     assert broker["ansible_port"] == 23000
     assert broker["ansible_user"] == "pi"
+    assert hostvars(data, "edge-monitor")["ansible_port"] == 22999
     for number, host in enumerate(devices(data), start=1):
         assert hostvars(data, host)["ansible_connection"] == "ssh"
         assert hostvars(data, host)["ansible_host"] == "127.0.0.1"
@@ -236,6 +242,27 @@ def test_custom_names_and_prefix(tmp_path):
     assert data["broker"]["hosts"] == ["hub"]
     assert devices(data) == ["rpi-0001", "rpi-0002"]
     assert hostvars(data, "rpi-0002")["fleet_devices"][0]["device_id"] == "06:aa:bb:00:00:02"
+
+
+def test_monitor_can_be_left_out_or_renamed(tmp_path):
+    data = inventory_list(write_source(tmp_path, "monitor: false\n"))
+    assert "hosts" not in data.get("monitor", {})
+
+    renamed = inventory_list(write_source(tmp_path, "monitor_name: watch\n"))
+    assert renamed["monitor"]["hosts"] == ["watch"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("monitor_name: pi-0002\n", "monitor_name pi-0002 looks like a device name"),
+        ("monitor_name: edge-broker\n", "broker_name and monitor_name are both edge-broker"),
+    ],
+)
+def test_monitor_name_clashes_fail_with_one_clear_message(tmp_path, options, message):
+    done = run_inventory(write_source(tmp_path, options), "--list")
+    assert done.returncode != 0
+    assert message in done.stderr
 
 
 @pytest.mark.parametrize("bad", BAD_COUNTS)

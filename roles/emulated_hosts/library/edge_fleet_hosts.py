@@ -24,7 +24,7 @@ options:
     required: true
   hosts:
     description:
-      - Wanted containers. Each item has C(name), C(image), C(role) (broker or device), and
+      - Wanted containers. Each item has C(name), C(image), C(role) (broker, monitor or device), and
         optionally C(mac), C(platform), C(number), C(device_id), C(ports) (container port to
         host port on 127.0.0.1).
     type: list

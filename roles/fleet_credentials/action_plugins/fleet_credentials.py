@@ -35,6 +35,22 @@ ARGUMENT_SPEC = {
 }
 
 
+def reconcile(
+    stored: dict[str, str], users: list[str], length: int
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Keep the passwords of wanted users, add the missing ones, revoke the rest.
+
+    Returns (credentials in the wanted order, users added, users revoked).
+    """
+    wanted = list(dict.fromkeys(str(user) for user in users))
+    credentials = {u: stored[u] for u in wanted if u in stored}
+    added = [u for u in wanted if u not in stored]
+    for user in added:
+        credentials[user] = secrets.token_urlsafe(length)[:length]
+    removed = sorted(set(stored) - set(wanted))
+    return credentials, added, removed
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -55,12 +71,7 @@ class ActionModule(ActionBase):
         path = str(args["path"])
         vault = VaultLib(self._loader._vault.secrets or [])  # the CLI's vault secrets, if any
         stored, was_encrypted = self._read(path, vault)
-        wanted = list(dict.fromkeys(str(user) for user in args["users"]))
-        credentials = {u: stored[u] for u in wanted if u in stored}
-        added = [u for u in wanted if u not in stored]
-        for user in added:
-            credentials[user] = secrets.token_urlsafe(args["length"])[: args["length"]]
-        removed = sorted(set(stored) - set(wanted))
+        credentials, added, removed = reconcile(stored, args["users"], args["length"])
         encrypt = bool(args["encrypt"] and vault.secrets)
         changed = bool(added or removed) or (encrypt and not was_encrypted)
 

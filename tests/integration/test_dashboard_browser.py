@@ -1,0 +1,164 @@
+"""The live dashboard in a real browser: Mosquitto, three real agents, the consumer as the
+monitor service, and Debian's chromium driven headless by Selenium.
+
+Checks what an operator relies on: every device listed online, counters that move, and a
+device turning offline on the page within the documented time, whether its agent stops
+cleanly (SIGTERM: the retained status says offline), is killed (SIGKILL: the broker publishes
+its will at once) or only falls silent (SIGSTOP: no will, the connection stays up), the last
+after --offline-after seconds. A screenshot is left in .cache/test-artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from fleet_helpers import ROOT, wait_until
+from monitor_helpers import MonitorService, start_agent
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+OFFLINE_AFTER = 3.0  # --offline-after for this test (the service's default is 15 s)
+PUSH_S = 2.0  # /events pushes every second; the page shows a snapshot within ~2 s
+ARTIFACT = ROOT / ".cache" / "test-artifacts" / "dashboard.png"
+DEVICES = [(f"0a:ed:9e:00:30:{n:02x}", f"pi-{n:04d}") for n in (1, 2, 3)]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"{path} not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1600,900"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def states(driver: Any) -> dict[str, str]:
+    """device ID -> the row's state (online, offline, silent, unknown), as the page shows it."""
+    script = (
+        "return Array.from(document.querySelectorAll('#rows tr[data-id]'))"
+        ".map(tr => [tr.dataset.id, tr.dataset.state]);"
+    )
+    return dict(driver.execute_script(script))
+
+
+def number(driver: Any, element_id: str) -> int:
+    text = driver.find_element("id", element_id).text
+    return int(text.replace(",", "")) if text.replace(",", "").isdigit() else -1
+
+
+def within(seconds: float, predicate: Callable[[], bool], driver: Any = None) -> float:
+    """Seconds until predicate held; fails the test past `seconds` (with the page's rows)."""
+    started = time.monotonic()
+    if not wait_until(predicate, seconds, 0.1):
+        page = states(driver) if driver is not None else "?"
+        pytest.fail(f"not within {seconds} s; rows on the page: {page}")
+    return time.monotonic() - started
+
+
+def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: Path) -> None:
+    info = tmp_path / "devices.json"
+    info.write_text(json.dumps({d: {"name": n, "arch": "amd64", "host": n} for d, n in DEVICES}))
+    agents: list[subprocess.Popen[bytes]] = []
+    service = MonitorService(
+        mosquitto, tmp_path, "--device-info", str(info), "--offline-after", str(OFFLINE_AFTER)
+    )
+    try:
+        agents = [start_agent(mosquitto, tmp_path, d, n) for d, n in DEVICES]
+        browser.get(service.url + "/")
+        ids = [d for d, _ in DEVICES]
+
+        # Every device is listed, and online.
+        within(30, lambda: [states(browser).get(d) for d in ids] == ["online"] * 3, browser)
+        assert number(browser, "total-online") == 3 and number(browser, "total-offline") == 0
+        names = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#rows tr[data-id] td:nth-child(2)'))"
+            ".map(td => td.textContent);"
+        )
+        assert names == ["pi-0001", "pi-0002", "pi-0003"]  # sorted by name
+
+        # A counter advances on its own (server-sent events, no reload).
+        before = number(browser, "total-received")
+        within(PUSH_S + 1, lambda: number(browser, "total-received") > before, browser)
+
+        # Clicking a device opens its charts (Chart.js served by the app, when installed).
+        browser.find_element("css selector", f'tr[data-id="{ids[2]}"]').click()
+        within(12, lambda: "samples" in browser.find_element("id", "history-span").text, browser)
+        charts_shown = browser.find_element("id", "charts").is_displayed()
+        note_shown = browser.find_element("id", "charts-note").is_displayed()
+        assert charts_shown != note_shown  # charts, or the note saying why not
+        if os.path.exists("/usr/share/javascript/chart.js/chart.min.js"):
+            assert charts_shown
+
+        # SIGTERM: a clean stop publishes "offline"; the page follows at the next push.
+        agents[0].send_signal(signal.SIGTERM)
+        assert agents[0].wait(15) == 0
+        took = within(PUSH_S + 1, lambda: states(browser)[ids[0]] == "offline", browser)
+        # SIGKILL: the broker sees the socket close and publishes the agent's will.
+        agents[1].send_signal(signal.SIGKILL)
+        agents[1].wait(15)
+        took_kill = within(PUSH_S + 1, lambda: states(browser)[ids[1]] == "offline", browser)
+        assert states(browser)[ids[2]] == "online"
+        os.makedirs(ARTIFACT.parent, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACT))
+
+        # Silence (SIGSTOP): no will, the TCP connection stays up; offline after the rule.
+        agents[2].send_signal(signal.SIGSTOP)
+        took_silent = within(
+            OFFLINE_AFTER + PUSH_S + 1, lambda: states(browser)[ids[2]] == "silent", browser
+        )
+        assert number(browser, "total-online") == 0 and number(browser, "total-offline") == 3
+        agents[2].send_signal(signal.SIGCONT)
+        within(PUSH_S + 3, lambda: states(browser)[ids[2]] == "online", browser)
+        print(f"offline on the page after SIGTERM {took:.1f} s, SIGKILL {took_kill:.1f} s,"
+              f" SIGSTOP {took_silent:.1f} s (--offline-after {OFFLINE_AFTER:g})")  # fmt: skip
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGCONT)
+                agent.kill()
+                agent.wait()
+        code = service.stop()
+    assert code == 0, service.log.read_text()
+
+
+def test_without_chartjs_the_page_works_and_says_why(
+    mosquitto: Any, browser: Any, tmp_path: Path
+) -> None:
+    device_id, name = DEVICES[0]
+    service = MonitorService(mosquitto, tmp_path, "--chartjs", str(tmp_path / "no-chart.js"))
+    agent = start_agent(mosquitto, tmp_path, device_id, name)
+    try:
+        browser.get(service.url + "/")
+        within(30, lambda: states(browser).get(device_id) == "online", browser)
+        browser.find_element("css selector", f'tr[data-id="{device_id}"]').click()
+        # The panel fetches history at once, then every 5 s: allow a second try.
+        within(12, lambda: "samples" in browser.find_element("id", "history-span").text, browser)
+        note = browser.find_element("id", "charts-note")
+        assert note.is_displayed() and "no-chart.js" in note.text
+        assert not browser.find_element("id", "charts").is_displayed()
+        assert number(browser, "total-received") > 0  # everything else still works
+    finally:
+        agent.kill()
+        agent.wait()
+        assert service.stop() == 0, service.log.read_text()
