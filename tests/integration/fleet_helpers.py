@@ -52,6 +52,11 @@ def fleet_cache(fleet: str) -> Path:
     return ROOT / ".cache" / "fleet" / fleet
 
 
+# The secrets every fleet has besides one per device (playbooks/vars/fleet.yml): the MQTT users
+# of the controller's consumer, the monitor and the admin, and the dashboard's login.
+SERVICE_SECRETS = ("admin", "consumer", "dashboard", "monitor")
+
+
 def fleet_passwords(fleet: str) -> dict[str, str]:
     """MQTT user -> password, from the credentials file fleet_credentials wrote (not vaulted)."""
     path = fleet_cache(fleet) / "secrets" / "mqtt-credentials.yml"

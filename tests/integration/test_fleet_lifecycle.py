@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fleet_helpers import (
+    SERVICE_SECRETS,
     PlaybookRun,
     active_agents,
     agent_reports,
@@ -114,7 +115,7 @@ def test_scale_down_leaves_exactly_n_publishing(inventory: list[str]) -> None:
     assert devices() == [f"{NAME}-pi-0001", f"{NAME}-pi-0002"]
     assert "fleet check met: 2 of 2" in run.output
     # The removed devices' MQTT users are revoked.
-    assert sorted(fleet_passwords(NAME)) == sorted(["admin", "consumer", *devices()])
+    assert sorted(fleet_passwords(NAME)) == sorted([*SERVICE_SECRETS, *devices()])
 
 
 DEVICE = f"{NAME}-pi-0001"  # one device per host: its host carries the same name

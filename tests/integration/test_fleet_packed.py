@@ -1,7 +1,8 @@
 """Several devices per host: 12 devices packed 4 per host on 3 emulated hosts, end to end.
 
-site.yml deploys the packed fleet (`-e devices_per_host=4`) and verifies every device through
-the consumer; a rerun changes nothing; devices that share a host are isolated from each other
+site.yml deploys the packed fleet (`-e devices_per_host=4`) with its monitor and verifies
+every device through the consumer; the monitor's dashboard and Prometheus see every device;
+a rerun changes nothing; devices that share a host are isolated from each other
 (their own Unix users, unreadable secrets, MQTT topics of their own); killing one agent touches
 no other device on its host and loses no reading; scaling down to 7 removes exactly devices
 8-12 and the host they leave empty; teardown leaves nothing.
@@ -9,8 +10,12 @@ no other device on its host and loses no reading; scaling down to 7 removes exac
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from typing import Any, Optional
 
 import pytest
 from fleet_helpers import (
+    SERVICE_SECRETS,
     MqttClient,
     PlaybookRun,
     active_agents,
@@ -51,6 +57,7 @@ pytestmark = pytest.mark.fleet
 # Device names (<NAME>-pi-0001) also name the agents' Unix users: at most 20 characters.
 NAME = "edge-pack"
 BROKER = f"{NAME}-broker"
+MONITOR = f"{NAME}-monitor"
 DEVICES = 12
 PER_HOST = 4
 SMALLER = 7
@@ -73,6 +80,8 @@ EXPECTED = {host(h): [device(n) for n in range(h * 4 - 3, h * 4 + 1)] for h in (
 class PackedFleet(WatchedFleet):
     inventory: list[str] = field(default_factory=list)
     port: int = 0  # the broker's TLS port on the controller's loopback
+    dashboard_port: int = 0  # the monitor's dashboard and /metrics, and its Prometheus
+    prometheus_port: int = 0
     ca: Path = Path()
     deployed: Optional[PlaybookRun] = None
     layout: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -95,17 +104,26 @@ class PackedFleet(WatchedFleet):
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackedFleet]:
     require_docker()
-    port = free_port()
+    port, dashboard_port, prometheus_port = free_port(), free_port(), free_port()
     directory = write_emulated_inventory(
         tmp_path_factory.mktemp("inventory") / "emulated",
         NAME,
         broker_tls_port=port,
+        monitor=True,
+        dashboard_port=dashboard_port,
+        prometheus_port=prometheus_port,
     )
     inventory = ["-i", str(directory)]
     workdir = tmp_path_factory.mktemp("watch")
     ca = fleet_cache(NAME) / "pki" / "ca.crt"
     fleet = PackedFleet(
-        FleetWatch(port, ca, Path(), workdir), {}, inventory=inventory, port=port, ca=ca
+        FleetWatch(port, ca, Path(), workdir),
+        {},
+        inventory=inventory,
+        port=port,
+        dashboard_port=dashboard_port,
+        prometheus_port=prometheus_port,
+        ca=ca,
     )
     try:
         fleet.deployed = fleet.site()
@@ -139,8 +157,8 @@ def test_packed_deploy_ends_with_every_device_verified(fleet: PackedFleet) -> No
     assert run is not None
     assert f"fleet check met: {DEVICES} of {DEVICES}" in run.output
     assert {h: [d["name"] for d in ds] for h, ds in fleet.layout.items()} == EXPECTED
-    assert fleet_containers(NAME) == sorted([BROKER, *EXPECTED])
-    assert set(run.recap()) == {"localhost", BROKER, *EXPECTED}
+    assert fleet_containers(NAME) == sorted([BROKER, MONITOR, *EXPECTED])
+    assert set(run.recap()) == {"localhost", BROKER, MONITOR, *EXPECTED}
     # First install: every host started all its agents, in the one bundle task.
     reports = agent_reports(run.output)
     assert {h: (r.restarted, r.agents) for h, r in reports.items()} == dict.fromkeys(
@@ -163,10 +181,48 @@ def test_packed_deploy_ends_with_every_device_verified(fleet: PackedFleet) -> No
         assert on(name, f"for f in {legacy}; do [ -e $f ] && echo $f; done; true") == ""
 
 
+def get_json(url: str, auth: Optional[tuple[str, str]] = None) -> Any:
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_monitor_shows_every_device_online_and_prometheus_scrapes_it(fleet: PackedFleet) -> None:
+    run = fleet.deployed
+    assert run is not None
+    dashboard = f"http://127.0.0.1:{fleet.dashboard_port}/"
+    prometheus = f"http://127.0.0.1:{fleet.prometheus_port}/"
+    assert f"Dashboard and /metrics: {dashboard}" in run.output
+    assert f"Prometheus: {prometheus}" in run.output
+    assert on(MONITOR, "systemctl is-active edge-consumer prometheus").split() == ["active"] * 2
+
+    # Published beyond the monitor's loopback, so the dashboard asks for the generated login.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        get_json(dashboard + "api/devices")
+    assert refused.value.code == 401
+    login = ("dashboard", fleet_passwords(NAME)["dashboard"])
+    listed = get_json(dashboard + "api/devices", login)["devices"]
+    assert {d["id"] for d in listed if d["online"]} == set(fleet.ids.values()), listed
+    assert {d["name"] for d in listed} == set(fleet.ids)
+
+    def online_in_prometheus() -> float:
+        query = urllib.parse.quote('edge_fleet_devices{state="online"}')
+        result = get_json(f"{prometheus}api/v1/query?query={query}")["data"]["result"]
+        return float(result[0]["value"][1]) if result else -1.0
+
+    assert wait_until(lambda: online_in_prometheus() == DEVICES, 60), online_in_prometheus()
+    rules = get_json(prometheus + "api/v1/rules")["data"]["groups"]
+    alerts = {rule["name"] for group in rules for rule in group["rules"]}
+    assert {"EdgeDeviceSilent", "EdgeDeviceGapsIncreasing", "EdgeBrokerUnreachable"} <= alerts
+
+
 def test_rerun_changes_nothing_on_any_host(fleet: PackedFleet) -> None:
     run = fleet.site()
     assert run.rc == 0, run.failures()
-    assert set(run.recap()) == {"localhost", BROKER, *EXPECTED}
+    assert set(run.recap()) == {"localhost", BROKER, MONITOR, *EXPECTED}
     assert {h: c["changed"] for h, c in run.recap().items()} == dict.fromkeys(run.recap(), 0)
     assert agent_reports(run.output) == {}  # the role reports only hosts it changed
 
@@ -259,8 +315,8 @@ def test_scale_down_removes_exactly_the_removed_devices_and_the_empty_host(
     assert f"fleet check met: {SMALLER} of {SMALLER}" in run.output
 
     # Host 3 ran only removed devices: its container is gone.
-    assert fleet_containers(NAME) == sorted([BROKER, host(1), host(2)])
-    assert set(run.recap()) == {"localhost", BROKER, host(1), host(2)}
+    assert fleet_containers(NAME) == sorted([BROKER, MONITOR, host(1), host(2)])
+    assert set(run.recap()) == {"localhost", BROKER, MONITOR, host(1), host(2)}
     # The slicer cuts each sensor's readings into as many windows as it has devices, so the kept
     # devices get new slices and restart once with them (their seq ledgers stay); nothing else.
     reports = agent_reports(run.output)
@@ -286,7 +342,7 @@ def test_scale_down_removes_exactly_the_removed_devices_and_the_empty_host(
         on(host(2), f"test -s {env_path(d)} && test -s {slice_path(d)} && test -d {state_path(d)}")
 
     # Their MQTT users are revoked: gone from the credentials file and refused by the broker.
-    assert sorted(fleet_passwords(NAME)) == sorted(["admin", "consumer", *kept])
+    assert sorted(fleet_passwords(NAME)) == sorted([*SERVICE_SECRETS, *kept])
     broker_users = on(BROKER, "cut -d: -f1 /etc/mosquitto/passwd").split()
     assert not set(removed) & set(broker_users), broker_users
     for d in (removed[0], removed[-1]):
