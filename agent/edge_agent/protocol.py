@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 TELEMETRY_PREFIX = "iot/telemetry"  # JSON readings, QoS 1
 STATUS_PREFIX = "iot/status"  # "online" / "offline", retained (the agent's will says offline)
+# Mosquitto's own figures (clients, messages, load, heap), which the monitor reads.
+BROKER_STATS_TOPIC = "$SYS/broker/#"
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 ANOMALY_PREFIX = "iot/anomaly"  # the consumer's anomaly records (edge_consumer.anomaly), JSON

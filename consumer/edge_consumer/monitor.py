@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from edge_agent.protocol import DATA_FIELDS, STATUS_ONLINE
+from edge_agent.protocol import BROKER_STATS_TOPIC, DATA_FIELDS, STATUS_ONLINE
 
 from .accounting import Accounting, DeviceStats
 from .history import History
@@ -26,7 +26,7 @@ DEVICE_RATE_WINDOW = 60.0  # s: and each device's over this long,
 DEVICE_RATE_STEP = 10.0  # from samples taken this often
 BROKER_STALE = 30.0  # s: Mosquitto publishes $SYS every sys_interval (default 10 s)
 SYS_PREFIX = "$SYS/"
-SYS_TOPIC = "$SYS/broker/#"
+SYS_TOPIC = BROKER_STATS_TOPIC
 # The $SYS topics kept, by short name; any other $SYS topic is dropped on arrival.
 SYS_KEYS = {
     "$SYS/broker/clients/connected": "clients_connected",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
-from edge_agent.protocol import STATUS_PREFIX, TELEMETRY_PREFIX
+from edge_agent.protocol import BROKER_STATS_TOPIC, STATUS_PREFIX, TELEMETRY_PREFIX
 
 
 def fleet_mqtt_users(credentials: dict[str, str]) -> list[dict[str, str]]:
@@ -61,7 +61,7 @@ def fleet_mqtt_acl(
                 "topics": [
                     {"access": "read", "topic": f"{telemetry_prefix}/+"},
                     {"access": "read", "topic": f"{status_prefix}/+"},
-                    {"access": "read", "topic": "$SYS/#"},
+                    {"access": "read", "topic": BROKER_STATS_TOPIC},
                 ],
             }
         )

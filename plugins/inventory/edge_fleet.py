@@ -386,7 +386,6 @@ class InventoryModule(BaseInventoryPlugin):
             "fleet_arm64_count": arm64_count,
             "fleet_architecture": architecture,
             "fleet_broker_name": broker,
-            "fleet_monitor_name": monitor,
             "fleet_name": parse_name("fleet_name", self.get_option("fleet_name")),
             "fleet_image": self.get_option("image"),
             "fleet_mac_prefix": mac_prefix,

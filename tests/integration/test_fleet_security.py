@@ -42,7 +42,7 @@ CACHE = fleet_cache(NAME)
 @dataclass
 class Fleet:
     port: int  # TLS, published on the controller's loopback
-    plain_port: int  # plaintext, published on the controller's loopback
+    plain_port: int  # the inventory's plaintext port: not published while TLS is on
     ca: Path
     passwords: dict[str, str]
     device_ids: dict[str, str]  # user -> device ID
@@ -191,10 +191,12 @@ def test_a_host_name_mismatch_is_refused(fleet: Fleet) -> None:
 
 
 def test_plaintext_is_refused_when_tls_is_on(fleet: Fleet) -> None:
-    for host, port in (("127.0.0.1", fleet.plain_port), (fleet.broker_ip, 1883)):
-        plain = Client(fleet, "consumer", host=host, port=port, tls=False)
-        plain.close()
-        assert not plain.accepted, f"plaintext MQTT accepted on {host}:{port}"
+    # The controller gets only the TLS port: plaintext listens on the broker's own loopback.
+    published = docker("port", f"{NAME}-broker").split()
+    assert published == ["8883/tcp", "->", f"127.0.0.1:{fleet.port}"], published
+    plain = Client(fleet, "consumer", host=fleet.broker_ip, port=1883, tls=False)
+    plain.close()
+    assert not plain.accepted, f"plaintext MQTT accepted on {fleet.broker_ip}:1883"
 
 
 def test_credentials_stay_out_of_ansible_output_and_journals(fleet: Fleet) -> None:

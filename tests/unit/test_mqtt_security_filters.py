@@ -125,6 +125,20 @@ def test_acl_gives_each_device_only_its_own_topics(fleet: ModuleType) -> None:
     assert [entry["user"] for entry in acl][:2] == ["pi-0001", "pi-0002"]
 
 
+def test_acl_lets_the_monitor_read_telemetry_status_and_broker_figures_only(
+    fleet: ModuleType,
+) -> None:
+    acl = fleet.fleet_mqtt_acl({"pi-0001": "0a:ed:9e:00:00:01"}, "consumer", "admin", "monitor")
+    by_user = {entry["user"]: entry["topics"] for entry in acl}
+    assert by_user["monitor"] == [
+        {"access": "read", "topic": "iot/telemetry/+"},
+        {"access": "read", "topic": "iot/status/+"},
+        {"access": "read", "topic": "$SYS/broker/#"},
+    ]
+    # Without a monitor user the policy has no entry for one.
+    assert "monitor" not in {e["user"] for e in fleet.fleet_mqtt_acl({}, "consumer", "admin")}
+
+
 @pytest.mark.parametrize("device_id", ["", "0a:ed/x", "+", "a#"])
 def test_acl_refuses_a_device_without_a_usable_id(fleet: ModuleType, device_id: str) -> None:
     from ansible.errors import AnsibleFilterError
