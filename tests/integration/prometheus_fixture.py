@@ -24,10 +24,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from fleet_helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "prometheus"
@@ -43,21 +42,6 @@ BIN = Path(sys.executable).parent
 PROMETHEUS = os.environ.get("PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
 CONSUMER_JOB = "edge-consumer"  # the role's prometheus_consumer_job_name
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def template_lookup(path: Path) -> str:
@@ -133,7 +117,7 @@ class Prometheus:
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://{self.host}:{self.port}"
         self.config = workdir / "prometheus.yml"
         self.rules = workdir / "edge-fleet.rules.yml"
@@ -174,7 +158,7 @@ class Prometheus:
         )
         log.close()
         proc = self.proc
-        _wait_until(lambda: proc.poll() is not None or self._ready(), timeout)
+        wait_until(lambda: proc.poll() is not None or self._ready(), timeout, 0.2)
         if not self._ready():
             self.stop()
             raise PrometheusError(
@@ -239,7 +223,7 @@ class Prometheus:
             got = self.value(expr)
             return got is not None and got >= count
 
-        if not _wait_until(scraped, timeout, 0.5):
+        if not wait_until(scraped, timeout, 0.5):
             raise PrometheusError(f"{job} not scraped {count} times: {self.targets(job)}")
 
     def alerts(
@@ -268,7 +252,7 @@ class Prometheus:
             ]
             return bool(match)
 
-        if not _wait_until(found, timeout, 0.5):
+        if not wait_until(found, timeout, 0.5):
             raise PrometheusError(f"no {state} {name} {labels} in {timeout}s: {self.alerts()}")
         return match[0]
 
