@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import paho.mqtt.client as mqtt
 import pytest
 from fleet_helpers import free_port, wait_until
+from monitor_helpers import write_slice
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_fixture import CONSUMER_JOB, Prometheus, PrometheusFactory, prometheus_server
 
@@ -40,7 +41,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "edge-fleet.json"
-HEADER = '"ts","device","co","humidity","light","lpg","motion","smoke","temp"\n'
 DEVICES = {f"0a:ed:9e:00:00:{n:02x}": f"pi-{n:04d}" for n in (1, 2, 3)}
 # The consumer's login, as the fleet's monitor service runs it (every route asks for it).
 CONSUMER_AUTH = ("dashboard", "grafana-test-password")
@@ -169,19 +169,6 @@ def test_dashboard_is_grafana_json_with_the_template_variables() -> None:
 
 
 # --- the fleet, the consumer and Prometheus -------------------------------------------------
-
-
-def write_slice(path: Path, rows: int = 40) -> Path:
-    lines = [HEADER]
-    for i in range(rows):
-        ts = 1.5945120943859746e9 + 3.7 * i
-        lines.append(
-            f'"{ts:.16E}","b8:27:eb:bf:9d:51","0.00{4 + i % 5}","{50 + i % 7}.0",'
-            f'"{"true" if i % 4 == 0 else "false"}","0.0076","{"true" if i % 3 == 0 else "false"}",'
-            f'"0.0204","22.{i % 10}"\n'
-        )
-    path.write_text("".join(lines))
-    return path
 
 
 def consumer_serves_metrics() -> bool:
