@@ -23,12 +23,14 @@ from edge_agent.config import ConfigError
 from .accounting import Accounting
 from .config import PROG, ConsumerConfig, load_config
 from .fleetcheck import CheckResult, evaluate
+from .ingest import Ingest
 from .monitor import BrokerStats
 from .output import make_emitters
 from .subscriber import Subscriber
 from .summary import build_summary, print_summary
 
 TICK_S = 0.1  # main-loop period: stop conditions and the fleet check are polled this often
+DRAIN_S = 10.0  # at shutdown, queued readings get this long to be committed and acknowledged
 
 
 def _error(message: str) -> None:
@@ -47,11 +49,42 @@ def _missing_monitor_modules() -> str:
     return ", ".join(n for n in names if importlib.util.find_spec(n) is None)
 
 
+def make_ingest(config: ConsumerConfig) -> Optional[Ingest]:
+    """The store and anomaly engine the config asks for; raises StoreError (or RuntimeError
+    for a missing extra) with a message for people."""
+    if not config.store and not config.anomalies:
+        return None
+    from .anomaly import AnomalyEngine
+    from .store import open_store
+
+    store = open_store(config.store, retention_days=config.retention_days) if config.store else None
+    return Ingest(
+        store=store,
+        engine=AnomalyEngine() if config.anomalies else None,
+        anomaly_prefix=config.anomaly_prefix,
+    )
+
+
 def run(config: ConsumerConfig) -> int:
     acc = Accounting(config.topic_prefix, config.status_prefix, config.max_payload)
     emit, emit_status = make_emitters(config.format, sys.stdout)
     broker = BrokerStats() if config.http_port else None
-    sub = Subscriber(config, acc, emit, emit_status, on_sys=broker.on_sys if broker else None)
+    from .store import StoreError
+
+    try:
+        ingest = make_ingest(config)
+    except StoreError as e:
+        _error(f"--store: {e}")
+        return 2
+    except Exception as e:  # e.g. the database is unreachable at start-up
+        _error(f"cannot open the telemetry store: {type(e).__name__}: {e}".strip())
+        return 1
+    sub = Subscriber(
+        config, acc, emit, emit_status, on_sys=broker.on_sys if broker else None, ingest=ingest
+    )
+    if ingest is not None and config.anomalies:
+        client = sub.client
+        ingest.publish = lambda topic, payload: client.publish(topic, payload, qos=1)
     stop = threading.Event()
     stop_reason = ""
 
@@ -67,7 +100,7 @@ def run(config: ConsumerConfig) -> int:
     if broker is not None:
         from .web import serve  # the monitor extra: imported only when it is used
 
-        web = serve(config, acc, broker, sub.connected.is_set)
+        web = serve(config, acc, broker, sub.connected.is_set, ingest)
 
     started = time.monotonic()
     deadline = started + config.duration if config.duration else None
@@ -85,12 +118,16 @@ def run(config: ConsumerConfig) -> int:
 
         live_ctx = LiveView(acc, started)
 
+    next_ingest_tick = time.monotonic() + 1.0
     sub.start()
     try:
         with live_ctx as tick:
             while not stop.is_set():
                 sub.wake.wait(TICK_S)
                 tick()
+                if ingest is not None and time.monotonic() >= next_ingest_tick:
+                    next_ingest_tick = time.monotonic() + 1.0
+                    ingest.tick(time.time(), sub.connected.is_set())
                 if sub.fatal or sub.output_closed:
                     stop_reason = "output closed" if sub.output_closed else "broker refused"
                     break
@@ -106,6 +143,8 @@ def run(config: ConsumerConfig) -> int:
                     stop_reason = "timeout"
                     break
     finally:
+        if ingest is not None:  # commit and acknowledge what is queued while still connected
+            ingest.close(DRAIN_S)
         sub.stop()
         if web is not None:
             web.stop()

@@ -19,9 +19,10 @@ from edge_agent.config import (
     parse_positive_int,
     parse_topic_prefix,
 )
-from edge_agent.protocol import MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX
+from edge_agent.protocol import ANOMALY_PREFIX, MAC_RE, STATUS_PREFIX, TELEMETRY_PREFIX
 
 from .monitor import OFFLINE_AFTER, DeviceInfo, read_device_info
+from .store.base import DEFAULT_RETENTION_DAYS
 
 PROG = "edge-consumer"
 FORMATS = ("pretty", "json", "none")
@@ -62,6 +63,11 @@ class ConsumerConfig:
     chartjs: str = CHARTJS
     device_info: Optional[dict[str, DeviceInfo]] = field(default=None, compare=False)
     offline_after: float = OFFLINE_AFTER
+    # The telemetry store (None: readings are counted, not kept) and anomaly detection.
+    store: Optional[str] = field(default=None, repr=False)  # a URL may hold a password
+    retention_days: Optional[int] = DEFAULT_RETENTION_DAYS
+    anomalies: bool = False
+    anomaly_prefix: str = ANOMALY_PREFIX
 
     @property
     def fleet_check(self) -> bool:
@@ -130,6 +136,23 @@ def is_loopback(bind: str) -> bool:
         return ipaddress.ip_address(bind).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
+
+
+def parse_retention_days(value: str) -> Optional[int]:
+    """Whole days >= 1, or 0 to keep everything."""
+    days = int(value) if value.strip().isdigit() else -1
+    if days < 0:
+        raise ValueError(f"{value!r} is not a whole number of days (0 keeps everything)")
+    return days or None
+
+
+def parse_switch(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not one of 1/0, true/false, yes/no, on/off")
 
 
 def parse_http_port(value: str) -> int:
@@ -212,6 +235,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"a device silent this long is offline (env EDGE_CONSUMER_OFFLINE_AFTER, default"
         f" {OFFLINE_AFTER:g} = 3 x the agent's 5 s interval)",
+    )
+    keep = p.add_argument_group(
+        "telemetry store and anomaly detection",
+        "With a store, a QoS 1 message is acknowledged only once the batch holding its reading"
+        " is committed, and readings are stored once per (device, epoch, seq): with"
+        " --persistent, a consumer or database that dies mid-flood loses nothing.",
+    )
+    keep.add_argument(
+        "--store",
+        metavar="URL",
+        help="sqlite:///path/telemetry.db or postgresql://user@host/db (env"
+        " EDGE_CONSUMER_STORE; a PostgreSQL password comes from PGPASSWORD or ~/.pgpass)",
+    )
+    keep.add_argument(
+        "--retention-days",
+        metavar="DAYS",
+        help=f"drop stored data older than this, 0 keeps all (env"
+        f" EDGE_CONSUMER_RETENTION_DAYS, default {DEFAULT_RETENTION_DAYS})",
+    )
+    keep.add_argument(
+        "--anomalies",
+        action="store_true",
+        default=None,
+        help="run the anomaly detectors on every valid reading and publish what they find to"
+        f" {ANOMALY_PREFIX}/<device_id> (env EDGE_CONSUMER_ANOMALIES=1)",
     )
     return p
 
@@ -336,4 +384,32 @@ def load_config(argv: Optional[Sequence[str]], env: Mapping[str, str]) -> Consum
         timeout=timeout,
         log_level=args.log_level,
         **_http_settings(args, pick, env)._asdict(),
+        **_keep_settings(args, pick)._asdict(),
+    )
+
+
+class KeepSettings(NamedTuple):
+    store: Optional[str]
+    retention_days: Optional[int]
+    anomalies: bool
+
+
+def _keep_settings(
+    args: argparse.Namespace, pick: Callable[[Optional[str], str], Optional[str]]
+) -> KeepSettings:
+    store = pick(args.store, "EDGE_CONSUMER_STORE")
+    if store is not None and not store.strip():
+        raise ConfigError("--store", "must not be empty")
+    days_raw = pick(args.retention_days, "EDGE_CONSUMER_RETENTION_DAYS")
+    days_setting = "--retention-days" if args.retention_days else "EDGE_CONSUMER_RETENTION_DAYS"
+    anomalies_raw = pick(None, "EDGE_CONSUMER_ANOMALIES")
+    anomalies = bool(args.anomalies) or (
+        parse("EDGE_CONSUMER_ANOMALIES", anomalies_raw, parse_switch) if anomalies_raw else False
+    )
+    return KeepSettings(
+        store=store,
+        retention_days=parse(days_setting, days_raw, parse_retention_days)
+        if days_raw
+        else DEFAULT_RETENTION_DAYS,
+        anomalies=anomalies,
     )

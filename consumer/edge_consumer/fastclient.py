@@ -14,6 +14,12 @@ per PUBACK. This subclass changes only the receive side:
   so QoS 1 still acknowledges only processed messages; they go out before paho handles
   another packet, so acknowledgements keep the order of their PUBLISHes (MQTT-4.6.0-2/3).
 
+Deferred acknowledgement (`defer_acks()`, for the telemetry store): the callback learns the
+packet id from `current_mid` and acknowledges later, from any thread, with
+`ack_later(mid, generation)`. Such acks are collected and go out together from the network
+thread. Each is bound to the connection it came on (`generation`): after a disconnect a
+packet id may name another message, so a stale ack is dropped and the broker redelivers.
+
 It overrides private paho methods, so it is used only when they look as expected
 (paho-mqtt 2.x; the dependency is pinned <3); otherwise, or with EDGE_CONSUMER_STOCK_PAHO=1,
 the stock Client is used.
@@ -21,8 +27,10 @@ the stock Client is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -73,6 +81,42 @@ class FastClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._acks: list[int] = []
+        self.current_mid = 0  # the packet id of the message being handled (0: QoS 0)
+        self.generation = 0  # bumped when a connection closes: acks of an older one are void
+        self._deferred: list[int] = []  # acks from ack_later(), sent by the network thread
+        self._deferred_lock = threading.Lock()
+        self._defer = False
+
+    def defer_acks(self) -> None:
+        """From now on QoS 1 messages are acknowledged only by ack_later() (before connect)."""
+        self._defer = True
+        self._manual_ack = True  # messages left to paho's own code are not acked by paho either
+
+    def ack_later(self, mid: int, generation: int) -> bool:
+        """Acknowledge message `mid` of connection `generation` (any thread); False, and
+        nothing sent, when that connection is gone."""
+        with self._deferred_lock:
+            if generation != self.generation or self._sock is None:
+                return False
+            first = not self._deferred
+            self._deferred.append(mid)
+        if first and self._sockpairW is not None:  # wake select(): loop_write() sends them
+            with contextlib.suppress(BlockingIOError):
+                self._sockpairW.send(b"0")
+        return True
+
+    def _sock_close(self) -> None:
+        with self._deferred_lock:
+            self.generation += 1
+            self._deferred.clear()
+        super()._sock_close()
+
+    def want_write(self) -> bool:
+        return bool(self._deferred) or super().want_write()
+
+    def loop_write(self) -> MQTTErrorCode:
+        self._flush_acks()
+        return super().loop_write()
 
     def _create_socket(self) -> Any:
         self._rbuf, self._rpos = b"", 0  # never parse stale bytes from a previous connection
@@ -127,6 +171,10 @@ class FastClient(mqtt.Client):
 
     def _flush_acks(self) -> None:
         acks = self._acks
+        if self._deferred:
+            with self._deferred_lock:
+                acks += self._deferred
+                self._deferred.clear()
         if acks and self._sock is not None:
             packet = b"".join([_puback(_PUBACK, 2, m) for m in acks])
             # We are on the network thread: queue and write at once, rather than through
@@ -197,7 +245,7 @@ class FastClient(mqtt.Client):
     def _fast_publish(self, cmd: int, buf: bytes, start: int, end: int) -> bool:
         """Decode a property-less QoS 0/1 MQTTv5 PUBLISH; False leaves it to paho."""
         qos = (cmd & 0x06) >> 1
-        if qos > 1 or self._protocol != mqtt.MQTTv5 or self._manual_ack:
+        if qos > 1 or self._protocol != mqtt.MQTTv5 or (self._manual_ack and not self._defer):
             return False
         try:
             pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
@@ -212,6 +260,7 @@ class FastClient(mqtt.Client):
             return False
         payload = buf[pos + 1 : end]
         retain = bool(cmd & 0x01)
+        self.current_mid = mid
         callback = self.on_fast_message
         if callback is not None:
             with self._in_callback_mutex:
@@ -222,7 +271,7 @@ class FastClient(mqtt.Client):
             message.payload = payload
             message.timestamp = time.monotonic()
             self._handle_on_message(message)
-        if qos:
+        if qos and not self._defer:
             self._acks.append(mid)
         return True
 

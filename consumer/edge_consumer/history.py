@@ -1,7 +1,7 @@
 """Recent readings per device for the dashboard's charts, in constant memory.
 
-The web app reads history only through the `History` protocol, so a telemetry store can take
-the place of the in-memory rings later without touching the app.
+The web app reads history only through the `History` protocol: in-memory rings (RingHistory)
+without a telemetry store, the store itself (StoreHistory) with one.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 import threading
 from array import array
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from edge_agent.protocol import DATA_FIELDS
+
+if TYPE_CHECKING:
+    from .store import TelemetryStore
 
 COLUMNS = ("ts", *DATA_FIELDS)  # one row: receive time (Unix s), then every sensor
 _WIDTH = len(COLUMNS)
@@ -81,3 +84,23 @@ class RingHistory:
 
     def __len__(self) -> int:
         return len(self._rings)
+
+
+class StoreHistory:
+    """History read from the telemetry store: the charts show what was stored, over any span
+    the store keeps, and survive a restart of the service. `store` is the web side's own
+    connection (reads never wait behind the writer's batches)."""
+
+    def __init__(self, store: TelemetryStore, limit: int = 2000) -> None:
+        self.store = store
+        self.limit = limit  # rows per request: the newest ones when the span holds more
+
+    def recent(self, device_id: str, since: float) -> Optional[Series]:
+        rows = self.store.recent(device_id, since, self.limit)
+        if not rows:
+            return None
+        series: Series = {name: [] for name in COLUMNS}
+        series["ts"] = [row.ts for row in rows]
+        for name in DATA_FIELDS:
+            series[name] = [float(getattr(row, name)) for row in rows]
+        return series

@@ -86,6 +86,45 @@ class FleetCollector(Collector):
         yield from self._devices(devices, online)
         yield from self._fleet(len(devices), sum(online))
         yield from self._broker()
+        yield from self._ingest()
+
+    def _ingest(self) -> Iterator[Metric]:
+        ingest = self.monitor.ingest
+        if ingest is None:
+            return
+        if ingest.engine is not None:
+            found = CounterMetricFamily(
+                f"{NS}_anomalies_total",
+                "Anomalies the detectors reported, by device and kind.",
+                labels=("device_id", "kind"),
+            )
+            for (device_id, kind), n in sorted(dict(ingest.anomalies.counts).items()):
+                found.add_metric([device_id, kind], n)
+            yield found
+        stats = ingest.writer_stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            f"{NS}_store_up",
+            "0 while the telemetry store refuses writes (readings wait, unacknowledged).",
+            0.0 if stats.in_outage else 1.0,
+        )
+        yield CounterMetricFamily(
+            f"{NS}_store_rows_total", "Readings committed to the telemetry store.", ingest.stored
+        )
+        yield CounterMetricFamily(
+            f"{NS}_store_write_failures_total",
+            "Failed write attempts (each is retried).",
+            stats.write_failures,
+        )
+        yield GaugeMetricFamily(
+            f"{NS}_store_queue_rows", "Readings waiting for their batch.", stats.queued
+        )
+        yield CounterMetricFamily(
+            f"{NS}_store_rejected_total",
+            "Valid readings no store can hold (timestamp outside 1970..2100).",
+            ingest.rejected,
+        )
 
     def _devices(self, devices: list[DeviceStats], online: list[bool]) -> Iterator[Metric]:
         mon = self.monitor

@@ -19,6 +19,7 @@ from edge_agent.protocol import BROKER_STATS_TOPIC, DATA_FIELDS, STATUS_ONLINE
 
 from .accounting import Accounting, DeviceStats
 from .history import History
+from .ingest import Ingest
 
 OFFLINE_AFTER = 15.0  # s: 3 x the agent's default 5 s interval
 RATE_WINDOW = 10.0  # s: the fleet's msg/s is measured over about this long
@@ -120,8 +121,10 @@ class Rates:
 # The dashboard's device row, in this order (sent once per snapshot as "columns").
 ROW_COLUMNS = (
     "id", "name", "arch", "host", "online", "status", "last_seen", "rate", "received", "valid",
-    "invalid", "gaps", "duplicates", "resets", "overflow", "reconnects", *DATA_FIELDS,
+    "invalid", "gaps", "duplicates", "resets", "overflow", "reconnects", "anomalies",
+    *DATA_FIELDS,
 )  # fmt: skip
+RECENT_ANOMALIES = 20  # the newest findings each snapshot carries for the Anomalies panel
 
 
 class Monitor:
@@ -137,8 +140,10 @@ class Monitor:
         connected: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
         broker: Optional[BrokerStats] = None,
+        ingest: Optional[Ingest] = None,
     ) -> None:
         self.acc = acc
+        self.ingest = ingest  # the store's writer and the anomaly log, when configured
         self.history = history
         self.offline_after = offline_after
         self.info: Mapping[str, DeviceInfo] = device_info or {}
@@ -163,6 +168,38 @@ class Monitor:
         info = self.info.get(dev.device_id)
         return dev.name or (info.name if info else None) or ""
 
+    def display_name(self, device_id: str) -> str:
+        """A device's name by its ID (the one it announces, else the device-info file's)."""
+        dev = self.acc.devices.get(device_id)
+        if dev is not None:
+            return self.name(dev)
+        info = self.info.get(device_id)
+        return (info.name if info else None) or ""
+
+    @property
+    def anomaly_detection(self) -> bool:
+        return self.ingest is not None and self.ingest.engine is not None
+
+    @property
+    def has_store(self) -> bool:
+        return self.ingest is not None and self.ingest.store is not None
+
+    def recent_anomalies(
+        self, limit: int = RECENT_ANOMALIES, device_id: Optional[str] = None
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` findings in memory (of one device, or all), newest first, each
+        a dict with its device's display name as "name"."""
+        if self.ingest is None or limit <= 0:
+            return []
+        recent = self.ingest.anomalies.recent.copy()  # one step: the MQTT thread appends
+        out: list[dict[str, Any]] = []
+        for anomaly in reversed(recent):
+            if device_id is None or anomaly.device_id == device_id:
+                out.append({**anomaly.to_dict(), "name": self.display_name(anomaly.device_id)})
+                if len(out) >= limit:
+                    break
+        return out
+
     def devices(self) -> Iterator[DeviceStats]:
         """Every device heard, then those in the device-info file never heard (all zero)."""
         seen = self.acc.snapshot()
@@ -176,11 +213,14 @@ class Monitor:
         return self.connected() and self.broker.fresh()
 
     def snapshot(self) -> dict[str, Any]:
-        """The dashboard's state: fleet totals and one row (a list, ROW_COLUMNS) per device."""
+        """The dashboard's state: fleet totals and one row (a list, ROW_COLUMNS) per device;
+        with anomaly detection on, the newest findings too (recent_anomalies)."""
         now = self.clock()
         rates = self.rates.devices(self.acc, time.monotonic())
         rows: list[list[Any]] = []
         online = gaps = duplicates = 0
+        detecting = self.anomaly_detection
+        per_device = self.ingest.anomalies.per_device() if self.ingest is not None else {}
         for dev in self.devices():
             info = self.info.get(dev.device_id) or DeviceInfo()
             is_online = self.online(dev, now)
@@ -195,7 +235,8 @@ class Monitor:
                     dev.last_seen if dev.received else None,
                     round(rates.get(dev.device_id, 0.0), 3), dev.received, dev.valid,
                     dev.invalid_total, dev_gaps, dev_dups, dev.resets, dev.agent_overflow,
-                    dev.agent_reconnects, *(data.get(name) for name in DATA_FIELDS),
+                    dev.agent_reconnects, per_device.get(dev.device_id, 0),
+                    *(data.get(name) for name in DATA_FIELDS),
                 ]
             )  # fmt: skip
         acc = self.acc
@@ -210,6 +251,7 @@ class Monitor:
             "invalid": acc.invalid_total,
             "gaps": gaps,
             "duplicates": duplicates,
+            "anomalies": sum(per_device.values()),
             "latency_p50_ms": None if p50 is None else round(p50 * 1000, 2),
             "latency_p99_ms": None if p99 is None else round(p99 * 1000, 2),
             "connected": self.connected(),
@@ -222,4 +264,7 @@ class Monitor:
             "totals": totals,
             "columns": ROW_COLUMNS,
             "devices": rows,
+            "anomaly_detection": detecting,
+            "store": self.has_store,
+            "recent_anomalies": self.recent_anomalies() if detecting else [],
         }

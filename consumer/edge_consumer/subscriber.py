@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from .accounting import Accounting
 from .config import ConsumerConfig
 from .fastclient import FastClient, make_client
+from .ingest import Ingest
 from .monitor import SYS_PREFIX, SYS_TOPIC
 from .output import Emitter, StatusEmitter
 
@@ -27,6 +28,9 @@ log = logging.getLogger("edge_consumer.mqtt")
 
 SESSION_EXPIRY = 3600  # s: with --persistent the broker queues QoS1 telemetry while we are away
 KEEPALIVE = 30
+# With a store, messages stay unacknowledged until their batch commits: the broker must let
+# several batches be in flight (MQTT 5 Receive Maximum), or every batch would be a few rows.
+RECEIVE_MAXIMUM = 4000
 # CONNACK reasons that retrying cannot fix: give up with exit 1 instead of looping forever.
 FATAL_CONNACK = {
     "Bad user name or password",
@@ -46,9 +50,16 @@ class Subscriber:
         emit_status: Optional[StatusEmitter] = None,
         on_sys: Optional[Callable[[str, bytes], None]] = None,
         sys_topic: str = SYS_TOPIC,
+        ingest: Optional[Ingest] = None,
     ) -> None:
-        """on_sys: called with broker $SYS messages, and subscribes to `sys_topic` for them."""
+        """on_sys: called with broker $SYS messages, and subscribes to `sys_topic` for them.
+        ingest: gets every valid reading; when it defers acks (a store), it acknowledges
+        every QoS 1 message."""
         self.config = config
+        self.ingest = ingest
+        self.defer = ingest is not None and ingest.defers_acks
+        self.generation = 0  # the stock client's connection count, for its deferred acks
+        self._ack_lock = threading.Lock()
         self.on_sys = on_sys
         self.sys_topic = sys_topic
         self.acc = acc
@@ -63,6 +74,11 @@ class Subscriber:
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
         )
+        if self.defer:
+            if isinstance(client, FastClient):
+                client.defer_acks()
+            else:
+                client.manual_ack_set(True)
         if config.username:
             client.username_pw_set(config.username, config.password)
         if config.tls_ca:
@@ -79,6 +95,8 @@ class Subscriber:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.config.persistent:
             props.SessionExpiryInterval = SESSION_EXPIRY
+        if self.defer:
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
         # connect_async + loop_start: paho retries the first connection too, so the consumer
         # may start before the broker does.
         self.client.connect_async(
@@ -132,6 +150,8 @@ class Subscriber:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
+        with self._ack_lock:  # before paho's reconnect() drops its queued packets
+            self.generation += 1
         if not reason.is_failure:  # our own disconnect() at shutdown
             return
         log.warning("disconnected from the broker: %s; paho reconnects with backoff", reason)
@@ -146,6 +166,10 @@ class Subscriber:
         status_prefix = self.config.status_prefix + "/"
         on_sys = self.on_sys
         clock = time.time
+        ingest = self.ingest
+        defer = self.defer
+        client = self.client
+        ack_lock = self._ack_lock
         sinks: list[Any] = [emit, emit_status]  # cleared when the output stream fails
 
         def output_failed() -> None:
@@ -154,7 +178,9 @@ class Subscriber:
             self.output_closed = True
             self.wake.set()
 
-        def process(topic: Optional[str], payload: bytes, retained: bool) -> None:
+        def process(topic: Optional[str], payload: bytes, retained: bool, ack: Any) -> None:
+            # ack: None, or a callable that acknowledges this message (deferred acks only);
+            # ack[0] is cleared once something has taken charge of it.
             now = clock()
             if topic is not None and topic.startswith(status_prefix):
                 state = handle_status(topic, payload, now)
@@ -176,28 +202,62 @@ class Subscriber:
                     sinks[0](topic, payload, result, now)
                 except (OSError, ValueError):
                     output_failed()
+            if ingest is not None and type(result) is not str:
+                taken, ack[0] = ack[0], None
+                ingest.reading(result, taken)  # type: ignore[arg-type]
 
-        def safe_process(topic: Optional[str], payload: bytes, retained: bool) -> None:
+        def safe_process(topic: Optional[str], payload: bytes, retained: bool, ack: Any) -> None:
             # Validation never raises by design; this guard (free unless it fires) keeps a
             # bug from killing paho's thread and silently stalling the consumer.
             try:
-                process(topic, payload, retained)
+                process(topic, payload, retained, ack)
             except Exception:
                 log.exception("failed to process a message on %r", topic)
+            if ack[0] is not None:  # not stored: acknowledged in order behind the readings
+                assert ingest is not None
+                ingest.passthrough(ack[0])
+
+        no_ack: list[Any] = [None]  # what process() gets without deferred acks (never set)
+
+        def fast_ack() -> list[Any]:
+            fast = cast(FastClient, client)
+            mid = fast.current_mid
+            if not mid:
+                return [None]
+            generation = fast.generation
+            return [lambda: fast.ack_later(mid, generation)]
+
+        def stock_ack(mid: int) -> list[Any]:
+            generation = self.generation
+
+            def ack() -> None:
+                with ack_lock:  # _on_disconnect bumps the generation under this lock
+                    if generation == self.generation:
+                        client.ack(mid, 1)
+
+            return [ack if mid else None]
 
         def on_fast_message(topic: bytes, payload: bytes, retained: bool) -> None:
             try:
                 name: Optional[str] = topic.decode("utf-8")
             except UnicodeDecodeError:
                 name = None
-            safe_process(name, payload, retained)
+            safe_process(name, payload, retained, fast_ack() if defer else no_ack)
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             try:
                 name: Optional[str] = msg.topic
             except UnicodeDecodeError:
                 name = None
-            safe_process(name, cast(bytes, msg.payload), bool(msg.retain))  # never bytearray
+            if not defer:
+                ack = no_ack
+            elif isinstance(client, FastClient):  # a packet paho decoded: same generation
+                generation, mid = client.generation, msg.mid if msg.qos else 0
+                ack = [(lambda: client.ack_later(mid, generation)) if mid else None]
+            else:
+                ack = stock_ack(msg.mid if msg.qos else 0)
+            payload = cast(bytes, msg.payload)  # never bytearray
+            safe_process(name, payload, bool(msg.retain), ack)
 
         if isinstance(self.client, FastClient):
             self.client.on_fast_message = on_fast_message

@@ -33,8 +33,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .accounting import Accounting
 from .config import ConsumerConfig
-from .history import SAMPLE_EVERY, RingHistory
+from .history import SAMPLE_EVERY, History, RingHistory, StoreHistory
+from .ingest import Ingest
 from .monitor import ROW_COLUMNS, BrokerStats, Monitor
+from .store import AnomalyRow, TelemetryStore
 
 log = logging.getLogger("edge_consumer.web")
 
@@ -46,6 +48,9 @@ MEDIA_TYPES = {
 TICK_S = 1.0  # snapshot period: updates reach the browser within ~1 s
 PING_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 HISTORY_MINUTES = 10.0
+ANOMALY_LIMIT = 100  # /api/anomalies: findings per request by default,
+ANOMALY_LIMIT_MAX = 1000  # and at most
+STORED_ANOMALIES_S = 24 * 3600.0  # a device's stored findings of the last day are merged in
 NO_CACHE = {"Cache-Control": "no-store"}
 
 
@@ -217,10 +222,40 @@ def create_app(
             return JSONResponse({"error": "minutes must be a number"}, status_code=400)
         minutes = min(max(minutes, 0.0), 24 * 60.0)
         now = monitor.clock()
-        series = monitor.history.recent(device_id, now - minutes * 60.0)
+        # With a store this is a database query: off the event loop, so /events keeps its beat.
+        series = await run_in_threadpool(monitor.history.recent, device_id, now - minutes * 60.0)
         if series is None:
             return JSONResponse({"error": f"no history for {device_id}"}, status_code=404)
         body = {"device_id": device_id, "now": now, "series": series}
+        return JSONResponse(body, headers=NO_CACHE)
+
+    async def anomalies(request: Request) -> Response:
+        device = request.query_params.get("device", "").strip().lower() or None
+        try:
+            limit = int(request.query_params.get("limit", ANOMALY_LIMIT))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        limit = min(max(limit, 0), ANOMALY_LIMIT_MAX)
+        found = monitor.recent_anomalies(limit if device is None else ANOMALY_LIMIT_MAX, device)
+        body: dict[str, Any] = {
+            "device": device,
+            "anomaly_detection": monitor.anomaly_detection,
+            "store": monitor.has_store,
+        }
+        store = _anomaly_store(monitor)
+        if device is not None and store is not None:
+            now = monitor.clock()
+            try:
+                stored = await run_in_threadpool(
+                    store.read_anomalies, device, now - STORED_ANOMALIES_S, now + 60.0
+                )
+            except Exception as e:  # the database is down: the in-memory log still answers
+                log.warning("cannot read the stored anomalies of %s: %s", device, e)
+                body["store_error"] = f"{type(e).__name__}: {e}"
+            else:
+                found = _merge(found, stored, monitor.display_name(device))
+        found.sort(key=lambda a: a["ts"], reverse=True)  # stable: ties keep newest-found first
+        body["anomalies"] = found[:limit]
         return JSONResponse(body, headers=NO_CACHE)
 
     async def metrics(_: Request) -> Response:
@@ -239,6 +274,7 @@ def create_app(
             Route("/events", events),
             Route("/api/devices", devices),
             Route("/api/devices/{device_id}/history", history),
+            Route("/api/anomalies", anomalies),
             Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/static/{name}", static_file),
@@ -248,6 +284,43 @@ def create_app(
     if auth is not None:
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
     return app
+
+
+def _anomaly_store(monitor: Monitor) -> Optional[TelemetryStore]:
+    """The store to read findings from: the web side's own connection (StoreHistory's) when
+    there is one, so reads never wait behind the writer's batches; else the writer's."""
+    if isinstance(monitor.history, StoreHistory):
+        return monitor.history.store
+    ingest = monitor.ingest
+    return ingest.store if ingest is not None else None
+
+
+def _merge(
+    found: list[dict[str, Any]], stored: list[AnomalyRow], name: str
+) -> list[dict[str, Any]]:
+    """One device's findings in memory plus those in the store, each (seq, sensor, kind) once
+    (the in-memory copy wins: it is the same finding)."""
+    seen = {(a["seq"], a["sensor"], a["kind"]) for a in found}
+    out = list(found)
+    for row in stored:
+        key = (row.seq, row.sensor, row.kind)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(
+            {
+                "device_id": row.device_id,
+                "sensor": row.sensor,
+                "kind": row.kind,
+                "seq": row.seq,
+                "ts": row.ts,
+                "value": row.value,
+                "score": row.score,
+                "detail": row.detail,
+                "name": name,
+            }
+        )
+    return out
 
 
 class WebServer:
@@ -310,14 +383,26 @@ class WebServer:
 
 
 def serve(
-    config: ConsumerConfig, acc: Accounting, broker: BrokerStats, connected: Callable[[], bool]
+    config: ConsumerConfig,
+    acc: Accounting,
+    broker: BrokerStats,
+    connected: Callable[[], bool],
+    ingest: Optional[Ingest] = None,
 ) -> WebServer:
-    """Wire history, metrics and the app to `acc` and start serving; raises OSError."""
+    """Wire history, metrics and the app to `acc` and start serving; raises OSError (and
+    StoreError or a database error when the store cannot be opened for reading)."""
     from .metrics import build_registry
 
-    history = RingHistory()
-    acc.record_every = SAMPLE_EVERY
-    acc.recorder = history.record
+    history: History
+    if config.store:  # charts from the store; ingest opened (and created) it already
+        from .store import open_store
+
+        history = StoreHistory(open_store(config.store, retention_days=None, create=False))
+    else:
+        rings = RingHistory()
+        acc.record_every = SAMPLE_EVERY
+        acc.recorder = rings.record
+        history = rings
     monitor = Monitor(
         acc,
         history,
@@ -325,6 +410,7 @@ def serve(
         device_info=config.device_info,
         connected=connected,
         broker=broker,
+        ingest=ingest,
     )
     app = create_app(
         monitor, build_registry(monitor), chartjs=config.chartjs, auth=config.http_auth

@@ -89,3 +89,41 @@ def test_cli_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "edge-consumer: error: --port: 0 is out of range (1..65535)\n"
+
+
+def test_store_and_anomaly_settings_from_flags_and_environment() -> None:
+    c = load_config([], {})
+    assert c.store is None and c.retention_days == 30 and not c.anomalies
+    env = {
+        "EDGE_CONSUMER_STORE": "sqlite:///var/lib/t.db",
+        "EDGE_CONSUMER_RETENTION_DAYS": "0",
+        "EDGE_CONSUMER_ANOMALIES": "yes",
+    }
+    c = load_config([], env)
+    assert (c.store, c.retention_days, c.anomalies) == ("sqlite:///var/lib/t.db", None, True)
+    c = load_config(["--store", "postgresql:///x", "--retention-days", "7", "--anomalies"], {})
+    assert (c.store, c.retention_days, c.anomalies) == ("postgresql:///x", 7, True)
+    assert "postgresql" not in repr(c)  # a store URL may carry a password
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--retention-days", "-3"], {}, "--retention-days"),
+        (["--retention-days", "week"], {}, "--retention-days"),
+        ([], {"EDGE_CONSUMER_ANOMALIES": "maybe"}, "EDGE_CONSUMER_ANOMALIES"),
+        (["--store", " "], {}, "--store"),
+    ],
+)
+def test_store_setting_errors_name_the_setting(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, env)
+
+
+def test_a_bad_store_url_is_one_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--store", "mysql://db/x", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-consumer: error: --store:") and "unknown store URL" in err
+    assert len(err.splitlines()) == 1

@@ -99,3 +99,52 @@ def test_closed_connection_is_reported(wired: tuple[FastClient, socket.socket, l
     client, broker, _ = wired
     broker.shutdown(socket.SHUT_WR)
     assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def test_deferred_acks_wait_for_ack_later_and_go_out_in_its_order(
+    wired: tuple[FastClient, socket.socket, list],
+) -> None:
+    client, broker, _ = wired
+    client.defer_acks()
+    seen: list[tuple[int, int]] = []
+    client.on_fast_message = lambda *_: seen.append((client.current_mid, client.generation))
+    # A packet read while the buffer was empty goes through paho's own code, as message.mid.
+    client.on_message = lambda _c, _u, msg: seen.append((msg.mid, client.generation))
+    stream = b"".join(publish("iot/telemetry/d", b"x", 1, mid) for mid in (5, 6, 7))
+    stream += publish("iot/telemetry/d", b"q0", 0, 0)
+    broker.sendall(stream)
+    client.loop_read()
+    assert [mid for mid, _ in seen] == [5, 6, 7, 0]
+    assert acked(broker) == []  # nothing acknowledged by handling alone
+    generation = seen[0][1]
+    for mid in (5, 6):
+        assert client.ack_later(mid, generation)
+    assert client.want_write()
+    assert client.loop_write() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert acked(broker) == [5, 6]
+
+
+def test_a_deferred_ack_of_a_closed_connection_is_dropped(
+    wired: tuple[FastClient, socket.socket, list],
+) -> None:
+    client, broker, _ = wired
+    client.defer_acks()
+    broker.sendall(publish("iot/telemetry/d", b"x", 1, 9))
+    client.loop_read()
+    old = client.generation
+    assert client.ack_later(9, old)  # queued, not yet sent
+    spare, peer = socket.socketpair()
+    client._sock_close()  # the connection drops: its packet ids mean nothing on the next one
+    assert not client._deferred
+    client._sock = spare  # type: ignore[assignment]  # reconnected
+    assert client.generation == old + 1
+    assert not client.ack_later(9, old)
+    client.loop_write()
+    broker.settimeout(2)
+    assert broker.recv(65536) == b""  # the old connection closed with nothing acknowledged
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nor on the new one
+        peer.recv(65536)
+    client._sock = None
+    spare.close()
+    peer.close()

@@ -1,0 +1,189 @@
+"""What the monitor service does with a valid reading besides counting it: store it, acking
+its MQTT message only once the batch holding it is committed, and run the anomaly detectors.
+
+Runs on paho's network thread (reading, passthrough) and the main thread (tick, close). With
+a store, every QoS 1 message goes through the BatchWriter in arrival order, also those that
+are not stored (status, $SYS, invalid), so acknowledgements keep the order of their PUBLISHes
+(MQTT-4.6.0-2) and a message is never acknowledged ahead of an earlier, uncommitted reading.
+
+Anomalies are published (`iot/anomaly/<device_id>`, QoS 1), counted, kept in a short in-memory
+log for the dashboard and stored with the batch of the reading that revealed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Callable, NamedTuple, Optional
+
+from edge_agent.protocol import anomaly_topic
+
+from .anomaly import Anomaly, AnomalyEngine
+from .store import (
+    AnomalyRow,
+    BatchWriter,
+    TelemetryRow,
+    TelemetryStore,
+    WriterClosed,
+    WriterStats,
+    anomaly_row,
+    telemetry_row,
+)
+from .validation import Telemetry
+
+log = logging.getLogger("edge_consumer.ingest")
+
+Ack = Callable[[], None]
+Publish = Callable[[str, str], object]  # topic, JSON payload
+RETENTION_EVERY = 3600.0  # s between retention passes
+RECENT_ANOMALIES = 500  # findings the dashboard can list
+
+
+class _Item(NamedTuple):
+    row: Optional[TelemetryRow]  # None: a message that is only acknowledged
+    anomalies: tuple[AnomalyRow, ...]
+
+
+def _noop() -> None:
+    pass
+
+
+class AnomalyLog:
+    """Counts per (device, kind) and the latest findings; written on the MQTT and main
+    threads, read at scrape time (plain dict/deque operations, safe under the GIL)."""
+
+    def __init__(self, keep: int = RECENT_ANOMALIES) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.recent: deque[Anomaly] = deque(maxlen=keep)
+
+    def add(self, anomaly: Anomaly) -> None:
+        self.counts[anomaly.device_id, anomaly.kind] += 1
+        self.recent.append(anomaly)
+
+    def per_device(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for (device_id, _kind), n in list(self.counts.items()):
+            totals[device_id] += n
+        return dict(totals)
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        store: Optional[TelemetryStore] = None,
+        engine: Optional[AnomalyEngine] = None,
+        publish: Optional[Publish] = None,
+        anomaly_prefix: str = "",
+        batch_rows: int = 1000,
+        queue_rows: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.publish = publish
+        self.anomaly_prefix = anomaly_prefix
+        self.anomalies = AnomalyLog()
+        self.rejected = 0  # valid readings a store cannot hold (timestamp out of range)
+        self.stored = 0  # readings committed (those already stored count again)
+        self._next_retention = time.monotonic()  # the first pass at start-up
+        self.writer: Optional[BatchWriter[_Item]] = None
+        if store is not None:
+            self.writer = BatchWriter(
+                self._write, batch_rows=batch_rows, queue_rows=queue_rows
+            ).start()
+
+    @property
+    def defers_acks(self) -> bool:
+        """True: QoS 1 messages must be acknowledged through reading()/passthrough()."""
+        return self.writer is not None
+
+    # --- paho's network thread ------------------------------------------------------------
+
+    def reading(self, t: Telemetry, ack: Optional[Ack]) -> None:
+        found: list[Anomaly] = []
+        if self.engine is not None:
+            found = self.engine.observe(t.device_id, t.seq, t.ts, t.data, epoch=t.epoch)
+            for anomaly in found:
+                self._report(anomaly)
+        if self.writer is None:
+            return
+        row: Optional[TelemetryRow]
+        try:
+            row = telemetry_row(t)
+        except ValueError:
+            self.rejected += 1
+            row = None
+        self._put(_Item(row, tuple(anomaly_row(a) for a in found)), ack)
+
+    def passthrough(self, ack: Ack) -> None:
+        """A QoS 1 message that is not stored: acknowledged after the ones before it."""
+        if self.writer is not None:
+            self._put(_Item(None, ()), ack)
+
+    def _put(self, item: _Item, ack: Optional[Ack]) -> None:
+        assert self.writer is not None
+        # Shutting down: left unacknowledged, the broker sends it again.
+        with contextlib.suppress(WriterClosed):
+            self.writer.put(item, ack or _noop)
+
+    def _report(self, anomaly: Anomaly) -> None:
+        self.anomalies.add(anomaly)
+        if self.publish is not None:
+            self.publish(anomaly_topic(anomaly.device_id, self.anomaly_prefix), anomaly.to_json())
+
+    # --- the writer's thread --------------------------------------------------------------
+
+    def _write(self, items: Sequence[_Item]) -> None:
+        assert self.store is not None
+        rows = [item.row for item in items if item.row is not None]
+        if rows:
+            self.store.write_batch(rows)
+        found = [a for item in items for a in item.anomalies]
+        if found:  # idempotent too: a retried batch stores each finding once
+            self.store.write_anomalies(found)
+        self.stored += len(rows)
+
+    # --- the main thread ------------------------------------------------------------------
+
+    def tick(self, now: float, connected: bool) -> None:
+        """About once a second: silent devices (only while we hear the broker ourselves),
+        and retention now and then."""
+        if self.engine is not None and connected:
+            found = self.engine.tick(now)
+            for anomaly in found:
+                self._report(anomaly)
+            if found and self.writer is not None:
+                self._put(_Item(None, tuple(anomaly_row(a) for a in found)), None)
+        if self.store is not None and time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + RETENTION_EVERY
+            try:
+                result = self.store.apply_retention()
+            except Exception as e:  # the writer reports outages; retention just waits
+                log.warning("retention pass failed, retrying in an hour: %s", e)
+            else:
+                if result.partitions_dropped or result.rows_deleted:
+                    log.info(
+                        "retention: removed data before %s (%s rows, partitions %s)",
+                        time.strftime("%Y-%m-%d", time.gmtime(result.cutoff)),
+                        result.rows_deleted,
+                        ", ".join(result.partitions_dropped) or "none",
+                    )
+
+    def writer_stats(self) -> Optional[WriterStats]:
+        return self.writer.stats() if self.writer is not None else None
+
+    def close(self, timeout: float) -> bool:
+        """Commit and acknowledge what is queued (within timeout), then close the store."""
+        done = True
+        if self.writer is not None:
+            done = self.writer.close(timeout)
+            if not done:
+                log.warning(
+                    "store writer did not drain in %.0f s; the rest is redelivered", timeout
+                )
+        if self.store is not None:
+            self.store.close()
+        return done

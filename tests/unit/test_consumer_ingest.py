@@ -1,0 +1,124 @@
+"""Ingest: acknowledgements only after commit and in arrival order, anomalies stored too."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_consumer.anomaly import AnomalyEngine
+from edge_consumer.ingest import Ingest
+from edge_consumer.store import open_store
+from edge_consumer.validation import Telemetry, Validator
+
+DEVICE = "02:00:00:00:00:01"
+VALIDATOR = Validator()
+
+
+def reading(seq: int, temp: float = 21.0, humidity: float = 40.0) -> Telemetry:
+    message = {
+        "device_id": DEVICE,
+        "device_name": "pi-0001",
+        "seq": seq,
+        "epoch": 1,
+        "ts": 1_700_000_000.0 + seq,
+        "data": {"temp": temp, "humidity": humidity + seq % 3, "co": 0.004, "lpg": 0.007,
+                 "smoke": 0.02, "light": False, "motion": False},
+    }  # fmt: skip
+    result = VALIDATOR.validate(f"iot/telemetry/{DEVICE}", json.dumps(message).encode())
+    assert isinstance(result, Telemetry), result
+    return result
+
+
+class FlakyStore:
+    """Wraps a real store; fails its first `failures` batches."""
+
+    def __init__(self, store: Any, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+        self.retention_days = None
+
+    def write_batch(self, rows: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database restarting")
+        self.store.write_batch(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_acks_follow_commit_and_keep_arrival_order(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    flaky = FlakyStore(store, failures=2)
+    ingest = Ingest(store=flaky, batch_rows=50)  # type: ignore[arg-type]
+    assert ingest.writer is not None
+    ingest.writer.retry_initial = 0.01
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def ack(name: str) -> Any:
+        def done() -> None:
+            with lock:
+                acked.append(name)
+
+        return done
+
+    for seq in range(100):
+        ingest.reading(reading(seq), ack(f"r{seq}"))
+        if seq % 10 == 0:
+            ingest.passthrough(ack(f"status{seq}"))  # e.g. a status message: not stored
+    assert ingest.writer.flush(10)
+    expected = []
+    for seq in range(100):
+        expected.append(f"r{seq}")
+        if seq % 10 == 0:
+            expected.append(f"status{seq}")
+    assert acked == expected
+    assert ingest.stored == 100 and flaky.failures == 0
+    assert len(store.recent(DEVICE, 0, 1000)) == 100
+    assert ingest.close(5)
+
+
+def test_nothing_is_acknowledged_while_the_store_fails(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    flaky = FlakyStore(store, failures=10**9)
+    ingest = Ingest(store=flaky)  # type: ignore[arg-type]
+    acked: list[int] = []
+    ingest.reading(reading(0), lambda: acked.append(0))
+    assert ingest.writer is not None and not ingest.writer.flush(0.5)
+    assert acked == [] and ingest.writer_stats().in_outage  # type: ignore[union-attr]
+    assert not ingest.close(0.2)  # abandoned: the broker redelivers to the next consumer
+    assert acked == []
+
+
+def test_anomalies_are_published_counted_and_stored(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    published: list[tuple[str, dict[str, Any]]] = []
+    ingest = Ingest(
+        store=store,
+        engine=AnomalyEngine(),
+        publish=lambda topic, payload: published.append((topic, json.loads(payload))),
+        anomaly_prefix="iot/anomaly",
+    )
+    for seq in range(60):
+        failed_read = seq == 40  # the dataset's glitch: temp 0.0 with humidity near 1
+        temp, humidity = (0.0, 1.0) if failed_read else (21.0 + 0.1 * (seq % 4), 40.0)
+        ingest.reading(reading(seq, temp, humidity), None)
+    assert ingest.writer is not None and ingest.writer.flush(10)
+    impossible = [p for t, p in published if p["kind"] == "impossible"]
+    assert [t for t, _ in published] == [f"iot/anomaly/{DEVICE}"] * len(published)
+    assert impossible and impossible[0]["seq"] == 40 and "temp" in impossible[0]["sensor"]
+    assert ingest.anomalies.counts[DEVICE, "impossible"] == 1
+    rows = store.read_anomalies(DEVICE, 0, 2e9)
+    assert any(r.kind == "impossible" and r.seq == 40 for r in rows)
+    ingest.close(5)
+
+
+def test_without_a_store_acks_are_not_deferred() -> None:
+    ingest = Ingest(engine=AnomalyEngine())
+    assert not ingest.defers_acks and ingest.writer_stats() is None
+    ingest.reading(reading(0), None)
+    ingest.passthrough(lambda: None)  # nothing queued, nothing raised
+    assert ingest.close(1)
