@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fleet_helpers import ROOT, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,28 +73,45 @@ class MonitorService:
             raise
 
 
-def write_slice(path: Path, rows: int = 40, source: str = "b8:27:eb:bf:9d:51") -> Path:
-    """A small dataset slice in the published CSV format, with readings that move."""
+def write_slice(
+    path: Path,
+    rows: int = 40,
+    source: str = "b8:27:eb:bf:9d:51",
+    failed_read_at: Optional[int] = None,
+) -> Path:
+    """A small dataset slice in the published CSV format, with readings that move.
+
+    `failed_read_at`: that row is a DHT's failed read as the real dataset has them (temp 0.0,
+    humidity 1.1): physically impossible, so the monitor's detectors flag it at once."""
     lines = [HEADER]
     for i in range(rows):
         ts = 1.5945120943859746e9 + 3.7 * i
+        humidity, temp = f"{50 + i % 7}.0", f"22.{i % 10}"
+        if i == failed_read_at:
+            humidity, temp = "1.1", "0.0"
         lines.append(
-            f'"{ts:.16E}","{source}","0.00{4 + i % 5}","{50 + i % 7}.0",'
+            f'"{ts:.16E}","{source}","0.00{4 + i % 5}","{humidity}",'
             f'"{"true" if i % 4 == 0 else "false"}","0.0076","{"true" if i % 9 == 0 else "false"}",'
-            f'"0.0204","22.{i % 10}"\n'
+            f'"0.0204","{temp}"\n'
         )
     path.write_text("".join(lines))
     return path
 
 
 def start_agent(
-    broker: Any, workdir: Path, device_id: str, name: str, *extra: str
+    broker: Any,
+    workdir: Path,
+    device_id: str,
+    name: str,
+    *extra: str,
+    failed_read_at: Optional[int] = None,
 ) -> subprocess.Popen[bytes]:
-    """A real edge-agent publishing every 0.5 s (its own slice, state dir and log)."""
+    """A real edge-agent publishing every 0.5 s (its own slice, state dir and log); with
+    `failed_read_at`, that row of its slice is an impossible reading (see write_slice)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "agent")}
     for key in ("MQTT_BROKER", "MQTT_PORT", "DATASET_PATH", "STATE_DIR", "DEVICE_ID"):
         env.pop(key, None)
-    data = write_slice(workdir / f"{name}.csv")
+    data = write_slice(workdir / f"{name}.csv", failed_read_at=failed_read_at)
     argv = [
         sys.executable, "-m", "edge_agent",
         "--broker", broker.host, "--port", str(broker.port),

@@ -5,7 +5,10 @@ Checks what an operator relies on: every device listed online, counters that mov
 device turning offline on the page within the documented time, whether its agent stops
 cleanly (SIGTERM: the retained status says offline), is killed (SIGKILL: the broker publishes
 its will at once) or only falls silent (SIGSTOP: no will, the connection stays up), the last
-after --offline-after seconds. A screenshot is left in .cache/test-artifacts/dashboard.png.
+after --offline-after seconds. The monitor runs the anomaly detectors (--anomalies) and one
+agent's slice holds a failed sensor read (temp 0.0, humidity 1.1): the Anomalies panel lists
+it under the device's name, the device's row counts it and its charts mark it. A screenshot is
+left in .cache/test-artifacts/dashboard.png.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ OFFLINE_AFTER = 3.0  # --offline-after for this test (the service's default is 1
 PUSH_S = 2.0  # /events pushes every second; the page shows a snapshot within ~2 s
 ARTIFACT = ROOT / ".cache" / "test-artifacts" / "dashboard.png"
 DEVICES = [(f"0a:ed:9e:00:30:{n:02x}", f"pi-{n:04d}") for n in (1, 2, 3)]
+DASH = "\N{EN DASH}"  # the page's "no value"
+FAILED_READ_AT = 4  # the slice row of pi-0003's impossible reading: published ~2 s after start
 
 
 @pytest.fixture
@@ -67,6 +72,35 @@ def number(driver: Any, element_id: str) -> int:
     return int(text.replace(",", "")) if text.replace(",", "").isdigit() else -1
 
 
+def anomaly_rows(driver: Any) -> list[list[str]]:
+    """The Anomalies panel's rows: [time, device, sensor, kind, detail] each."""
+    script = (
+        "return Array.from(document.querySelectorAll('#anomaly-rows tr'))"
+        ".map(tr => Array.from(tr.cells).map(td => td.textContent));"
+    )
+    return list(driver.execute_script(script))
+
+
+def anomaly_cell(driver: Any, device_id: str) -> tuple[str, bool]:
+    """The device row's Anomalies cell: its text and whether it is highlighted."""
+    script = (
+        "const i = Array.from(document.querySelectorAll('#head th'))"
+        ".findIndex(th => th.dataset.key === 'anomalies');"
+        "const tr = document.querySelector(`#rows tr[data-id='${arguments[0]}']`);"
+        "if (i < 0 || !tr) return ['', false];"
+        "return [tr.cells[i].textContent, tr.cells[i].classList.contains('alert')];"
+    )
+    text, alert = driver.execute_script(script, device_id)
+    return str(text), bool(alert)
+
+
+def samples(driver: Any) -> int:
+    """How many samples the open device's charts hold (the line under them says)."""
+    text = driver.find_element("id", "history-span").text
+    first = text.split(" ", 1)[0]
+    return int(first) if first.isdigit() else 0
+
+
 def within(seconds: float, predicate: Callable[[], bool], driver: Any = None) -> float:
     """Seconds until predicate held; fails the test past `seconds` (with the page's rows)."""
     started = time.monotonic()
@@ -81,10 +115,17 @@ def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: 
     info.write_text(json.dumps({d: {"name": n, "arch": "amd64", "host": n} for d, n in DEVICES}))
     agents: list[subprocess.Popen[bytes]] = []
     service = MonitorService(
-        mosquitto, tmp_path, "--device-info", str(info), "--offline-after", str(OFFLINE_AFTER)
-    )
+        mosquitto,
+        tmp_path,
+        "--device-info", str(info), "--offline-after", str(OFFLINE_AFTER), "--anomalies",
+    )  # fmt: skip
     try:
-        agents = [start_agent(mosquitto, tmp_path, d, n) for d, n in DEVICES]
+        agents = [
+            start_agent(
+                mosquitto, tmp_path, d, n, failed_read_at=FAILED_READ_AT if i == 2 else None
+            )
+            for i, (d, n) in enumerate(DEVICES)
+        ]
         browser.get(service.url + "/")
         ids = [d for d, _ in DEVICES]
 
@@ -101,6 +142,22 @@ def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: 
         before = number(browser, "total-received")
         within(PUSH_S + 1, lambda: number(browser, "total-received") > before, browser)
 
+        # pi-0003's failed read: listed in the Anomalies panel by name and kind, counted in
+        # its row (highlighted), and in the fleet's total.
+        def failed_read_listed() -> bool:
+            return any(r[1] == "pi-0003" and r[3] == "impossible" for r in anomaly_rows(browser))
+
+        within(FAILED_READ_AT * 0.5 + 10, failed_read_listed, browser)
+        [listed] = [r for r in anomaly_rows(browser) if r[3] == "impossible"]
+        assert set(listed[2].replace(" ", "").split(",")) == {"temp", "humidity"}, listed
+        assert "temp 0" in listed[4] or "humidity 1.1" in listed[4], listed
+        assert "anomaly detection off" not in browser.find_element("id", "anomaly-state").text
+        within(PUSH_S + 1, lambda: anomaly_cell(browser, ids[2])[0] not in ("", "0", DASH))
+        text, highlighted = anomaly_cell(browser, ids[2])
+        assert int(text) >= 1 and highlighted
+        assert anomaly_cell(browser, ids[0]) == ("0", False)
+        assert number(browser, "total-anomalies") >= 1
+
         # Clicking a device opens its charts (Chart.js served by the app, when installed).
         browser.find_element("css selector", f'tr[data-id="{ids[2]}"]').click()
         within(12, lambda: "samples" in browser.find_element("id", "history-span").text, browser)
@@ -109,6 +166,19 @@ def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: 
         assert charts_shown != note_shown  # charts, or the note saying why not
         if os.path.exists("/usr/share/javascript/chart.js/chart.min.js"):
             assert charts_shown
+        # The device's own findings, from /api/anomalies?device=, listed under its charts
+        # and marked on the temperature and humidity charts at the failed read's value.
+        within(12, lambda: "impossible" in browser.find_element("id", "device-anomalies").text)
+        if charts_shown:
+            markers = (
+                "return ['chart-temp', 'chart-humidity'].map(id => Chart.getChart(id)"
+                ".data.datasets.find(ds => ds.label === 'anomaly').data.map(p => p.y));"
+            )
+            within(12, lambda: all(browser.execute_script(markers)), browser)
+            temp_marks, humidity_marks = browser.execute_script(markers)
+            # temp's marker at the failed read's 0.0 (humidity's at 1.1 when the charts kept
+            # that reading: they sample at most once a second, the agent sends two).
+            assert 0.0 in temp_marks and humidity_marks, (temp_marks, humidity_marks)
 
         # SIGTERM: a clean stop publishes "offline"; the page follows at the next push.
         agents[0].send_signal(signal.SIGTERM)
@@ -119,8 +189,21 @@ def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: 
         agents[1].wait(15)
         took_kill = within(PUSH_S + 1, lambda: states(browser)[ids[1]] == "offline", browser)
         assert states(browser)[ids[2]] == "online"
+        # Both fell silent: the detectors report each once as a dropout, live on the page.
+        within(
+            10,
+            lambda: (
+                {(r[1], r[3]) for r in anomaly_rows(browser)}
+                >= {("pi-0001", "dropout"), ("pi-0002", "dropout")}
+            ),
+            browser,
+        )
+        # The screenshot (docs/dashboard.png) once the charts hold ~25 s: pi-0003's slice has
+        # come round to its failed read again by then (40 rows at 0.5 s).
+        within(40, lambda: samples(browser) >= 25, browser)
         os.makedirs(ARTIFACT.parent, exist_ok=True)
         browser.save_screenshot(str(ARTIFACT))
+        print(f"screenshot: {ARTIFACT}")
 
         # Silence (SIGSTOP): no will, the TCP connection stays up; offline after the rule.
         agents[2].send_signal(signal.SIGSTOP)
@@ -140,6 +223,29 @@ def test_dashboard_shows_the_fleet_live(mosquitto: Any, browser: Any, tmp_path: 
                 agent.wait()
         code = service.stop()
     assert code == 0, service.log.read_text()
+
+
+def test_without_anomaly_detection_the_page_says_it_is_off(
+    mosquitto: Any, browser: Any, tmp_path: Path
+) -> None:
+    device_id, name = DEVICES[0]
+    service = MonitorService(mosquitto, tmp_path)
+    agent = start_agent(mosquitto, tmp_path, device_id, name, failed_read_at=1)
+    try:
+        browser.get(service.url + "/")
+        within(30, lambda: states(browser).get(device_id) == "online", browser)
+        state = browser.find_element("id", "anomaly-state")
+        within(PUSH_S + 1, lambda: "anomaly detection off" in state.text, browser)
+        assert not browser.find_element("id", "anomaly-wrap").is_displayed()
+        assert anomaly_cell(browser, device_id) == (DASH, False)
+        assert browser.find_element("id", "total-anomalies").text == "off"
+        browser.find_element("css selector", f'tr[data-id="{device_id}"]').click()
+        note = browser.find_element("id", "device-anomaly-note")
+        within(12, lambda: "anomaly detection off" in note.text, browser)
+    finally:
+        agent.kill()
+        agent.wait()
+        assert service.stop() == 0, service.log.read_text()
 
 
 def test_without_chartjs_the_page_works_and_says_why(

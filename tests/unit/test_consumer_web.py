@@ -3,6 +3,7 @@ Basic auth off loopback, and the refusal to serve off loopback without credentia
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -18,11 +19,15 @@ import httpx
 import pytest
 from edge_agent.protocol import telemetry
 from edge_consumer.accounting import Accounting
+from edge_consumer.anomaly import Anomaly, AnomalyEngine
 from edge_consumer.cli import main
 from edge_consumer.config import HTTP_PASSWORD_ENV, ConfigError, load_config
-from edge_consumer.history import RingHistory
+from edge_consumer.history import RingHistory, StoreHistory
+from edge_consumer.ingest import Ingest
 from edge_consumer.metrics import build_registry
-from edge_consumer.monitor import DeviceInfo, Monitor
+from edge_consumer.monitor import ROW_COLUMNS, DeviceInfo, Monitor
+from edge_consumer.store import AnomalyRow, TelemetryStore, open_store
+from edge_consumer.validation import Telemetry
 from edge_consumer.web import WebServer, create_app
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
@@ -35,7 +40,8 @@ with warnings.catch_warnings():  # starlette >= 0.5x prefers httpx2; httpx is wh
 A, B = "02:42:ac:11:00:0a", "02:42:ac:11:00:0b"
 DATA = {"temp": 21.5, "humidity": 45.0, "co": 0.005, "lpg": 0.0076, "smoke": 0.02}
 ROUTES = ("/", "/static/app.js", "/static/style.css", "/vendor/chart.js", "/events",
-          "/api/devices", f"/api/devices/{A}/history", "/metrics", "/healthz")  # fmt: skip
+          "/api/devices", f"/api/devices/{A}/history", "/api/anomalies", "/metrics",
+          "/healthz")  # fmt: skip
 
 
 def free_port() -> int:
@@ -44,21 +50,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fed_monitor(clock: Optional[Any] = None) -> Monitor:
+def fed_monitor(
+    clock: Optional[Any] = None, ingest: Optional[Ingest] = None, history: Any = None
+) -> Monitor:
+    """A monitor that has heard device A five times (B is only in the device-info file);
+    with `ingest`, each reading also goes through it (the anomaly detectors, the store)."""
     acc = Accounting()
-    history = RingHistory()
-    acc.recorder = history.record
+    if history is None:
+        history = RingHistory()
+        acc.recorder = history.record
     now = time.time()
     info = {A: DeviceInfo("pi-0a", "arm64", "pi-host-1"), B: DeviceInfo("pi-0b", "amd64", None)}
-    mon = Monitor(acc, history, device_info=info, connected=lambda: True)
+    mon = Monitor(acc, history, device_info=info, connected=lambda: True, ingest=ingest)
     if clock is not None:
         mon.clock = clock
     acc.handle_status(f"iot/status/{A}", b"online", now - 5)
     for seq in range(5):
-        ts = now - 5 + seq
-        body = telemetry(A, "pi-0a", ts, seq, {**DATA, "light": True, "motion": False})
-        acc.handle(f"iot/telemetry/{A}", body, ts)
+        feed(mon, A, seq, now - 5 + seq, DATA)
     return mon
+
+
+def feed(mon: Monitor, device_id: str, seq: int, ts: float, data: dict[str, float]) -> None:
+    """One reading as the subscriber handles it: counted, then to the Ingest (if any)."""
+    body = telemetry(device_id, "pi-0a", ts, seq, {**data, "light": True, "motion": False})
+    t = mon.acc.handle(f"iot/telemetry/{device_id}", body, ts)
+    assert isinstance(t, Telemetry), t
+    if mon.ingest is not None:
+        mon.ingest.reading(t, None)
+
+
+def finding(n: int, device_id: str = A, kind: str = "spike", sensor: str = "temp") -> Anomaly:
+    ts = time.time() - 100 + n
+    return Anomaly(device_id, sensor, kind, n, ts, 30.0 + n, 12.5, f"finding {n}")
 
 
 def make_app(
@@ -245,3 +268,195 @@ def test_port_in_use_fails_at_start() -> None:
         taken.listen()
         with pytest.raises(OSError, match=r"cannot serve HTTP on 127\.0\.0\.1"):
             WebServer(make_app(fed_monitor()), "127.0.0.1", taken.getsockname()[1])
+
+
+# --- anomalies ------------------------------------------------------------------------------
+
+FAILED_READ = {**DATA, "temp": 0.0, "humidity": 1.1}  # a DHT's failed read: "impossible"
+
+
+def rows_by_id(snap: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row[0]: dict(zip(snap["columns"], row)) for row in snap["devices"]}
+
+
+def test_snapshot_without_anomaly_detection_says_so() -> None:
+    snap = fed_monitor().snapshot()
+    assert "anomalies" in ROW_COLUMNS and list(snap["columns"]) == list(ROW_COLUMNS)
+    assert {d: r["anomalies"] for d, r in rows_by_id(snap).items()} == {A: 0, B: 0}
+    assert snap["totals"]["anomalies"] == 0
+    assert (snap["anomaly_detection"], snap["store"], snap["recent_anomalies"]) == (
+        False,
+        False,
+        [],
+    )
+    # A store without the detectors: readings kept, detection still off.
+    ingest = Ingest()
+    assert fed_monitor(ingest=ingest).snapshot()["anomaly_detection"] is False
+
+
+def test_snapshot_counts_a_real_engines_findings_per_device() -> None:
+    mon = fed_monitor(ingest=Ingest(engine=AnomalyEngine()))
+    assert mon.snapshot()["totals"]["anomalies"] == 0  # five ordinary readings
+    feed(mon, A, 5, time.time(), FAILED_READ)
+    snap = mon.snapshot()
+    assert snap["anomaly_detection"] is True and snap["store"] is False
+    rows = rows_by_id(snap)
+    assert (rows[A]["anomalies"], rows[B]["anomalies"]) == (1, 0)
+    assert snap["totals"]["anomalies"] == 1
+    [found] = snap["recent_anomalies"]
+    assert found["name"] == "pi-0a" and found["device_id"] == A
+    assert (found["kind"], found["seq"]) == ("impossible", 5)
+    assert set(found["sensor"].split(",")) == {"temp", "humidity"}  # one chip: one finding
+    assert "failed sensor read" in found["detail"] or "outside" in found["detail"]
+    json.dumps(snap, allow_nan=False)  # what /events sends: strict JSON
+
+
+def test_snapshot_lists_the_newest_twenty_newest_first_with_names() -> None:
+    ingest = Ingest(engine=AnomalyEngine())
+    mon = fed_monitor(ingest=ingest)
+    for n in range(25):
+        ingest.anomalies.add(finding(n, B if n % 5 == 0 else A))
+    ingest.anomalies.add(finding(99, "02:42:ac:11:00:99"))  # never heard, not in device-info
+    snap = mon.snapshot()
+    recent = snap["recent_anomalies"]
+    assert [a["seq"] for a in recent] == [99, *range(24, 5, -1)]
+    assert recent[0]["name"] == ""
+    names = {a["device_id"]: a["name"] for a in recent[1:]}
+    assert names == {A: "pi-0a", B: "pi-0b"}  # B's from the device-info file
+    assert set(recent[1]) == {*Anomaly._fields, "name"}
+    assert snap["totals"]["anomalies"] == 26
+    rows = rows_by_id(snap)
+    assert (rows[A]["anomalies"], rows[B]["anomalies"]) == (20, 5)
+    body = TestClient(make_app(mon)).get("/api/devices").json()  # the JSON API has it too
+    assert {d["id"]: d["anomalies"] for d in body["devices"]} == {A: 20, B: 5}
+    assert body["recent_anomalies"] == recent and body["anomaly_detection"] is True
+
+
+def test_api_anomalies_from_memory() -> None:
+    ingest = Ingest(engine=AnomalyEngine())
+    mon = fed_monitor(ingest=ingest)
+    for n in range(150):
+        ingest.anomalies.add(finding(n, B if n % 3 == 0 else A))
+    with TestClient(make_app(mon)) as c:
+        body = c.get("/api/anomalies").json()
+        assert (body["device"], body["anomaly_detection"], body["store"]) == (None, True, False)
+        seqs = [a["seq"] for a in body["anomalies"]]
+        assert seqs == list(range(149, 49, -1))  # default limit 100, newest first
+        top3 = c.get("/api/anomalies?limit=3").json()["anomalies"]
+        assert [(a["seq"], a["name"]) for a in top3] == [(149, "pi-0a"), (148, "pi-0a"),
+                                                         (147, "pi-0b")]  # fmt: skip
+        assert len(c.get("/api/anomalies?limit=5000").json()["anomalies"]) == 150  # max 1000
+        assert c.get("/api/anomalies?limit=0").json()["anomalies"] == []
+        only_b = c.get(f"/api/anomalies?device={B.upper()}&limit=10").json()
+        assert only_b["device"] == B
+        assert [a["seq"] for a in only_b["anomalies"]] == list(range(147, 117, -3))
+        assert {a["name"] for a in only_b["anomalies"]} == {"pi-0b"}
+        response = c.get("/api/anomalies?limit=many")
+        assert response.status_code == 400 and "limit" in response.json()["error"]
+
+
+def test_api_anomalies_with_detection_off() -> None:
+    with TestClient(make_app(fed_monitor())) as c:
+        body = c.get(f"/api/anomalies?device={A}").json()
+        assert body == {"device": A, "anomaly_detection": False, "store": False, "anomalies": []}
+
+
+class ThreadCheckingStore:
+    """A store wrapper that records whether its reads ran on an event loop's thread."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+        self.on_loop: list[bool] = []
+
+    def _on_loop(self) -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def recent(self, *args: Any) -> Any:
+        self.on_loop.append(self._on_loop())
+        return self.store.recent(*args)
+
+    def read_anomalies(self, *args: Any) -> list[AnomalyRow]:
+        self.on_loop.append(self._on_loop())
+        return self.store.read_anomalies(*args)
+
+
+def test_api_anomalies_merges_a_devices_stored_findings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    ingest = Ingest(store=open_store(url, retention_days=None), engine=AnomalyEngine())
+    web_store = ThreadCheckingStore(open_store(url, retention_days=None, create=False))
+    history = StoreHistory(web_store)  # type: ignore[arg-type]  # duck-typed on purpose
+    mon = fed_monitor(ingest=ingest, history=history)
+    try:
+        now = time.time()
+        feed(mon, A, 5, now - 1, FAILED_READ)  # found now: in memory, and stored by the writer
+        [live] = list(ingest.anomalies.recent)
+        assert ingest.writer is not None and ingest.writer.close(10)  # committed
+        earlier = [  # found before a restart: only in the store
+            AnomalyRow(A, 2, now - 3600, "co,lpg,smoke", "drift", 0.01, 8.0, "co up"),
+            AnomalyRow(A, 1, now - 7200, "*", "dropout", 40.0, 8.0, "silent for 40 s"),
+            AnomalyRow(A, 0, now - 2 * 86400, "temp", "spike", 40.0, 11.0, "two days ago"),
+            AnomalyRow(B, 3, now - 60, "humidity", "stuck", 50.0, 2.0, "another device"),
+        ]
+        assert ingest.store is not None
+        ingest.store.write_anomalies(earlier)
+        with TestClient(make_app(mon)) as c:
+            body = c.get(f"/api/anomalies?device={A}").json()
+            assert body["store"] is True and body["anomaly_detection"] is True
+            found = body["anomalies"]
+            # The live finding once (memory and store hold the same one), then the stored
+            # ones of the last 24 h, newest first; B's and the two-day-old one are not there.
+            assert [(a["seq"], a["kind"]) for a in found] == [
+                (5, "impossible"),
+                (2, "drift"),
+                (1, "dropout"),
+            ]
+            assert found[0] == {**live.to_dict(), "name": "pi-0a"}
+            assert found[1] == {
+                "device_id": A, "sensor": "co,lpg,smoke", "kind": "drift", "seq": 2,
+                "ts": now - 3600, "value": 0.01, "score": 8.0, "detail": "co up", "name": "pi-0a",
+            }  # fmt: skip
+            two = c.get(f"/api/anomalies?device={A}&limit=2").json()["anomalies"]
+            assert [a["seq"] for a in two] == [5, 2]
+            # Without a device: the in-memory log only, no database query.
+            reads = len(web_store.on_loop)
+            assert [a["seq"] for a in c.get("/api/anomalies").json()["anomalies"]] == [5]
+            assert len(web_store.on_loop) == reads
+            # The charts' history reads the store too; both off the event loop.
+            series = c.get(f"/api/devices/{A}/history?minutes=5").json()["series"]
+            assert series["temp"][-1] == 0.0
+            assert web_store.on_loop and not any(web_store.on_loop)
+    finally:
+        ingest.close(5)
+        web_store.store.close()
+
+
+def test_api_anomalies_survives_a_store_that_fails() -> None:
+    class Broken:
+        def recent(self, *args: Any) -> Any:
+            raise OSError("database is down")
+
+        def read_anomalies(self, *args: Any) -> list[AnomalyRow]:
+            raise OSError("database is down")
+
+    ingest = Ingest(engine=AnomalyEngine())
+    mon = fed_monitor(ingest=ingest, history=StoreHistory(Broken()))  # type: ignore[arg-type]
+    ingest.anomalies.add(finding(1))
+    with TestClient(make_app(mon)) as c:
+        body = c.get(f"/api/anomalies?device={A}").json()
+    assert [a["seq"] for a in body["anomalies"]] == [1]
+    assert body["store_error"] == "OSError: database is down"
+
+
+def test_page_has_the_anomaly_column_panel_and_markers(client: TestClient) -> None:
+    page = client.get("/").text
+    for element in ('id="total-anomalies"', 'id="anomalies-panel"', 'id="anomaly-rows"',
+                    'id="device-anomalies"', "anomaly detection off"):  # fmt: skip
+        assert element in page, element
+    script = client.get("/static/app.js").text
+    for used in ("/api/anomalies?device=", "recent_anomalies", "anomaly_detection",
+                 'label: "Anomalies"', "at.anomalies"):  # fmt: skip
+        assert used in script, used

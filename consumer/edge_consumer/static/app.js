@@ -7,6 +7,8 @@
   const HISTORY_MINUTES = 10;
   const HISTORY_REFRESH_MS = 5000;
   const STALE_MS = 4000;
+  const DEVICE_ANOMALIES = 200; // a device's findings fetched for its charts' markers
+  const DEVICE_ANOMALIES_LISTED = 10; // and listed under them
 
   const $ = (id) => document.getElementById(id);
   const int = new Intl.NumberFormat("en-US");
@@ -20,6 +22,11 @@
     if (seconds < 7200) return Math.round(seconds / 60) + " min";
     if (seconds < 172800) return Math.round(seconds / 3600) + " h";
     return Math.round(seconds / 86400) + " d";
+  }
+
+  // A Unix time as the browser's local clock time (what the "updated" line shows too).
+  function clockTime(ts) {
+    return new Date(ts * 1000).toLocaleTimeString();
   }
 
   function rate(v) {
@@ -52,6 +59,8 @@
     { key: "last_seen", width: 86, label: "Last seen", num: true, text: (d) => (d.last_seen === null ? "never" : age(now - d.last_seen)), sort: (d) => (d.last_seen === null ? -Infinity : d.last_seen), warn: (d) => d.state === "silent" },
     { key: "rate", width: 70, label: "msg/s", num: true, text: (d) => rate(d.rate) },
     { key: "received", width: 92, label: "Received", num: true, text: (d) => int.format(d.received) },
+    // "–" while detection is off: 0 would claim the device was checked.
+    { key: "anomalies", width: 88, label: "Anomalies", num: true, text: (d) => (anomalyDetection || d.anomalies ? int.format(d.anomalies) : "–"), warn: (d) => d.anomalies > 0, warnClass: "alert" },
     { key: "gaps", width: 64, label: "Gaps", num: true, text: (d) => int.format(d.gaps), warn: (d) => d.gaps > 0 },
     { key: "duplicates", width: 64, label: "Dups", num: true, text: (d) => int.format(d.duplicates), warn: (d) => d.duplicates > 0 },
     { key: "invalid", width: 70, label: "Invalid", num: true, text: (d) => int.format(d.invalid), warn: (d) => d.invalid > 0 },
@@ -73,6 +82,8 @@
   let sortDir = 1;
   let filterText = "";
   let selected = null;
+  let anomalyDetection = false; // the consumer runs the detectors (--anomalies)
+  let storeOn = false; // and keeps readings (--store)
 
   // --- table: a virtual window of pooled rows ---------------------------------------------
   // Only the rows in (and just around) the viewport exist; scrolling and snapshots reuse them
@@ -165,7 +176,7 @@
         const warn = col.warn(d);
         if (row.warns[i] !== warn) {
           row.warns[i] = warn;
-          row.cells[i].classList.toggle("warn", warn);
+          row.cells[i].classList.toggle(col.warnClass || "warn", warn);
         }
       }
     }
@@ -238,7 +249,8 @@
 
   function haystack(d) {
     if (d.haystack === null) {
-      d.haystack = [d.name, d.id, d.arch, d.host, STATE_TEXT[d.state](d)].join(" ").toLowerCase();
+      const flags = d.anomalies > 0 ? "anomalies" : "";
+      d.haystack = [d.name, d.id, d.arch, d.host, STATE_TEXT[d.state](d), flags].join(" ").toLowerCase();
     }
     return d.haystack;
   }
@@ -271,6 +283,8 @@
     now = snap.time;
     lastSnapshotAt = Date.now();
     offlineAfter = snap.offline_after;
+    anomalyDetection = Boolean(snap.anomaly_detection);
+    storeOn = Boolean(snap.store);
     const at = {};
     snap.columns.forEach((name, i) => (at[name] = i));
     const next = new Map();
@@ -281,7 +295,7 @@
         status: v[at.status], last_seen: v[at.last_seen], rate: v[at.rate],
         received: v[at.received], valid: v[at.valid], invalid: v[at.invalid], gaps: v[at.gaps],
         duplicates: v[at.duplicates], resets: v[at.resets], overflow: v[at.overflow],
-        reconnects: v[at.reconnects], temp: v[at.temp], humidity: v[at.humidity], co: v[at.co],
+        reconnects: v[at.reconnects], anomalies: v[at.anomalies] ?? 0, temp: v[at.temp], humidity: v[at.humidity], co: v[at.co],
         lpg: v[at.lpg], smoke: v[at.smoke], light: v[at.light], motion: v[at.motion],
         state: "", haystack: null,
       };
@@ -303,6 +317,11 @@
     setText("total-gaps", int.format(t.gaps));
     setText("total-duplicates", int.format(t.duplicates));
     setText("total-invalid", int.format(t.invalid));
+    const found = t.anomalies ?? 0;
+    setText("total-anomalies", anomalyDetection || found ? int.format(found) : "off");
+    $("total-anomalies").className = "value " + (found ? "warn" : "zero");
+    setText("anomaly-mode", anomalyDetection ? (storeOn ? "found · stored" : "found since start") : "detection off");
+    renderAnomalyPanel(snap.recent_anomalies || [], found);
     const ms = (v) => (v === null ? "–" : v < 10 ? v.toFixed(1) : Math.round(v).toString());
     setText("total-latency", `${ms(t.latency_p50_ms)} / ${ms(t.latency_p99_ms)}`);
     setText("broker-clients", t.broker_clients === null ? "–" : int.format(t.broker_clients));
@@ -310,6 +329,55 @@
     pill("broker", t.connected, t.connected ? "broker connected" : "broker disconnected");
     setText("updated", "updated " + new Date(now * 1000).toLocaleTimeString());
     if (selected && devices.has(selected)) renderFacts(devices.get(selected));
+  }
+
+  // --- anomalies panel ----------------------------------------------------------------------
+
+  let anomalyKey = null; // what the panel shows, to rebuild it only when that changes
+
+  function sensorText(sensor) {
+    return sensor === "*" ? "device" : sensor.replaceAll(",", ", ");
+  }
+
+  function kindBadge(kind) {
+    const span = document.createElement("span");
+    span.className = "kind kind-" + kind;
+    span.textContent = kind;
+    return span;
+  }
+
+  function cell(tr, text, className, title) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (text instanceof Node) td.appendChild(text);
+    else td.textContent = text;
+    if (title) td.title = title;
+    tr.appendChild(td);
+  }
+
+  function renderAnomalyPanel(list, total) {
+    const state = anomalyDetection
+      ? `${int.format(total)} found${storeOn ? ", stored" : ""} · newest ${list.length} listed · click one for its device`
+      : "anomaly detection off (start edge-consumer with --anomalies)";
+    setText("anomaly-state", state);
+    $("anomaly-wrap").hidden = !anomalyDetection;
+    document.body.classList.toggle("anomalies-off", !anomalyDetection);
+    const key = list.map((a) => `${a.device_id}|${a.seq}|${a.sensor}|${a.kind}|${a.name}`).join(";");
+    if (key === anomalyKey) return;
+    anomalyKey = key;
+    const tbody = $("anomaly-rows");
+    tbody.textContent = "";
+    for (const a of list) {
+      const tr = document.createElement("tr");
+      tr.dataset.device = a.device_id;
+      cell(tr, clockTime(a.ts), "mono", new Date(a.ts * 1000).toString());
+      cell(tr, a.name || a.device_id, "", a.device_id);
+      cell(tr, sensorText(a.sensor), "mono");
+      cell(tr, kindBadge(a.kind));
+      cell(tr, a.detail, "", a.detail);
+      tbody.appendChild(tr);
+    }
+    $("anomaly-empty").hidden = list.length > 0;
   }
 
   // --- detail panel and charts --------------------------------------------------------------
@@ -333,7 +401,12 @@
         interaction: { mode: "nearest", intersect: false, axis: "x" },
         plugins: {
           legend: { display: false }, // the caption names the lines, in their colours
-          tooltip: { callbacks: { title: (items) => (items.length ? age(-items[0].parsed.x) + " ago" : "") } },
+          tooltip: {
+            callbacks: {
+              title: (items) => (items.length ? age(-items[0].parsed.x) + " ago" : ""),
+              label: (item) => (item.raw && item.raw.a ? `${item.raw.a.kind}: ${item.raw.a.detail}` : `${item.dataset.label}: ${item.formattedValue}`),
+            },
+          },
         },
         scales: {
           x: {
@@ -346,17 +419,59 @@
           y: { grid: { color: grid }, ticks: { color: ticks, maxTicksLimit: 5 }, ...(extra || {}) },
         },
       },
+      plugins: [deviceLines],
     });
+  }
+
+  // Device-level findings (dropout, multivariate: sensor "*") as dashed lines across a chart;
+  // a sensor's findings are points of the chart's "anomaly" dataset.
+  const ANOMALY_COLOR = "#f85149";
+  const deviceLines = {
+    id: "edgeDeviceAnomalies",
+    afterDatasetsDraw(chart) {
+      const xs = chart.$deviceAnomalies;
+      if (!xs || !xs.length) return;
+      const { ctx, chartArea: area, scales } = chart;
+      ctx.save();
+      ctx.strokeStyle = ANOMALY_COLOR;
+      ctx.globalAlpha = 0.75;
+      ctx.lineWidth = 1;
+      ctx.setLineDash([3, 3]);
+      for (const x of xs) {
+        const px = scales.x.getPixelForValue(x);
+        if (px < area.left || px > area.right) continue;
+        ctx.beginPath();
+        ctx.moveTo(px, area.top);
+        ctx.lineTo(px, area.bottom);
+        ctx.stroke();
+      }
+      ctx.restore();
+    },
+  };
+
+  function markerDataset() {
+    return {
+      label: "anomaly",
+      showLine: false,
+      pointRadius: 4.5,
+      pointHoverRadius: 6,
+      pointStyle: "triangle",
+      borderColor: ANOMALY_COLOR,
+      backgroundColor: ANOMALY_COLOR,
+      pointBorderColor: "#0e1116",
+      pointBorderWidth: 1,
+    };
   }
 
   function ensureCharts() {
     if (charts.temp || !chartsAvailable) return;
-    charts.temp = makeChart("chart-temp", [{ label: "temp", borderColor: "#f0883e" }]);
-    charts.humidity = makeChart("chart-humidity", [{ label: "humidity", borderColor: "#58a6ff" }]);
+    charts.temp = makeChart("chart-temp", [{ label: "temp", borderColor: "#f0883e" }, markerDataset()]);
+    charts.humidity = makeChart("chart-humidity", [{ label: "humidity", borderColor: "#58a6ff" }, markerDataset()]);
     charts.gas = makeChart("chart-gas", [
       { label: "CO", borderColor: "#d2a8ff" },
       { label: "LPG", borderColor: "#3fb950" },
       { label: "smoke", borderColor: "#8b949e" },
+      markerDataset(),
     ]);
     const lanes = { 0: "light off", 1: "light on", 2: "no motion", 3: "motion" };
     charts.bool = makeChart(
@@ -391,38 +506,145 @@
     return out;
   }
 
+  // The index of the sample nearest to ts in the series (-1 if none within `slack` seconds).
+  function nearest(series, ts, slack) {
+    const t = series.ts;
+    if (!t.length) return -1;
+    let lo = 0;
+    let hi = t.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (t[mid] < ts) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo > 0 && Math.abs(t[lo - 1] - ts) < Math.abs(t[lo] - ts)) lo -= 1;
+    return Math.abs(t[lo] - ts) <= slack ? lo : -1;
+  }
+
+  const MARKER_CHART = { temp: "temp", humidity: "humidity", co: "gas", lpg: "gas", smoke: "gas" };
+  const SAME_READING_S = 0.25; // a sample this close to a finding's ts is that reading
+  const NEAR_READING_S = 3; // else the marker sits on the line, at the sample this close
+
+  // Chart points for a device's findings: one per sensor named, at the anomalous value when
+  // known. The charts sample at most once a second, so the reading itself may be missing:
+  // then the finding's own value places the marker of the sensor it is about (the only one,
+  // or in a chip's joint finding the one its detail starts with, as every detector words it).
+  function markers(series, found) {
+    const out = { temp: [], humidity: [], gas: [], lines: [], count: 0 };
+    for (const a of found) {
+      const x = a.ts - now;
+      const before = out.temp.length + out.humidity.length + out.gas.length;
+      if (a.sensor === "*") {
+        out.lines.push(x);
+        out.count += 1;
+        continue;
+      }
+      const sensors = a.sensor.split(",");
+      const top = sensors.length === 1 ? sensors[0] : (a.detail || "").split(" ")[0];
+      const same = nearest(series, a.ts, SAME_READING_S);
+      const near = same >= 0 ? same : nearest(series, a.ts, NEAR_READING_S);
+      for (const sensor of sensors) {
+        const chart = MARKER_CHART[sensor];
+        if (!chart) continue;
+        let y = null;
+        if (same >= 0) y = series[sensor][same];
+        else if (sensor === top && Number.isFinite(a.value)) y = a.value;
+        else if (near >= 0) y = series[sensor][near];
+        if (y !== null && y !== undefined) out[chart].push({ x, y, a });
+      }
+      if (out.temp.length + out.humidity.length + out.gas.length > before) out.count += 1;
+    }
+    for (const key of ["temp", "humidity", "gas"]) out[key].sort((p, q) => p.x - q.x);
+    return out;
+  }
+
+  async function getJson(url) {
+    try {
+      const response = await fetch(url, { cache: "no-store" });
+      return { status: response.status, body: response.ok ? await response.json() : null };
+    } catch (err) {
+      return { status: 0, body: null, error: String(err) };
+    }
+  }
+
+  function renderDeviceAnomalies(result) {
+    const list = $("device-anomalies");
+    const body = result.body;
+    if (!body) {
+      setText("device-anomaly-count", "");
+      setText("device-anomaly-note", result.error ? "Anomalies unavailable: " + result.error : `Anomalies: HTTP ${result.status}`);
+      list.textContent = "";
+      return;
+    }
+    const found = body.anomalies;
+    setText("device-anomaly-count", found.length ? `(${int.format(found.length)}${body.store ? " in the last 24 h" : ""})` : "");
+    let note = "";
+    if (!body.anomaly_detection) note = "anomaly detection off" + (found.length ? ": these were stored earlier." : ".");
+    else if (!found.length) note = "None found for this device.";
+    if (body.store_error) note += ` The store could not be read (${body.store_error}).`;
+    setText("device-anomaly-note", note.trim());
+    $("device-anomaly-note").hidden = note === "";
+    const key = found.slice(0, DEVICE_ANOMALIES_LISTED).map((a) => `${a.seq}|${a.sensor}|${a.kind}`).join(";") + "@" + body.device;
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    list.textContent = "";
+    for (const a of found.slice(0, DEVICE_ANOMALIES_LISTED)) {
+      const li = document.createElement("li");
+      const time = document.createElement("span");
+      time.className = "mono muted";
+      time.textContent = clockTime(a.ts);
+      const sensor = document.createElement("span");
+      sensor.className = "mono";
+      sensor.textContent = sensorText(a.sensor);
+      const detail = document.createElement("span");
+      detail.className = "detail-text";
+      detail.textContent = a.detail || "";
+      detail.title = a.detail || "";
+      li.append(time, sensor, kindBadge(a.kind), detail);
+      list.appendChild(li);
+    }
+  }
+
   async function loadHistory() {
     if (!selected) return;
     const id = selected;
-    let body;
-    try {
-      const response = await fetch(`/api/devices/${encodeURIComponent(id)}/history?minutes=${HISTORY_MINUTES}`, { cache: "no-store" });
-      if (!response.ok) {
-        setText("history-span", response.status === 404 ? "No readings recorded for this device yet." : `History: HTTP ${response.status}`);
-        return;
-      }
-      body = await response.json();
-    } catch (err) {
-      setText("history-span", "History unavailable: " + err);
+    const [history, anomalies] = await Promise.all([
+      getJson(`/api/devices/${encodeURIComponent(id)}/history?minutes=${HISTORY_MINUTES}`),
+      getJson(`/api/anomalies?device=${encodeURIComponent(id)}&limit=${DEVICE_ANOMALIES}`),
+    ]);
+    if (id !== selected) return;
+    renderDeviceAnomalies(anomalies);
+    const body = history.body;
+    if (!body) {
+      if (history.error) setText("history-span", "History unavailable: " + history.error);
+      else setText("history-span", history.status === 404 ? "No readings recorded for this device yet." : `History: HTTP ${history.status}`);
       return;
     }
-    if (id !== selected) return;
     const s = body.series;
-    setText("history-span", `${s.ts.length} samples over the last ${HISTORY_MINUTES} minutes (at most one per second).`);
+    const found = anomalies.body ? anomalies.body.anomalies : [];
+    const marks = markers(s, found);
+    const marked = marks.count;
+    const span = `${s.ts.length} samples over the last ${HISTORY_MINUTES} minutes (at most one per second)`;
+    const noun = marked === 1 ? "anomaly" : "anomalies";
+    setText("history-span", marked ? `${span}; ${marked} ${noun} marked in red.` : span + ".");
     if (!chartsAvailable) return;
     ensureCharts();
     charts.temp.data.datasets[0].data = points(s, "temp");
+    charts.temp.data.datasets[1].data = marks.temp;
     charts.humidity.data.datasets[0].data = points(s, "humidity");
+    charts.humidity.data.datasets[1].data = marks.humidity;
     charts.gas.data.datasets[0].data = points(s, "co");
     charts.gas.data.datasets[1].data = points(s, "lpg");
     charts.gas.data.datasets[2].data = points(s, "smoke");
+    charts.gas.data.datasets[3].data = marks.gas;
     charts.bool.data.datasets[0].data = points(s, "light");
     charts.bool.data.datasets[1].data = points(s, "motion", 2);
     // The x axis spans the data (at least a minute), so a short history is not a sliver.
-    const span = s.ts.length ? now - s.ts[0] : 0;
-    const step = span <= 120 ? 20 : span <= 300 ? 60 : 120;
-    const min = -Math.max(60, Math.ceil(span / step) * step);
+    const spanS = s.ts.length ? now - s.ts[0] : 0;
+    const step = spanS <= 120 ? 20 : spanS <= 300 ? 60 : 120;
+    const min = -Math.max(60, Math.ceil(spanS / step) * step);
     for (const chart of Object.values(charts)) {
+      chart.$deviceAnomalies = marks.lines;
       chart.options.scales.x.min = min;
       chart.options.scales.x.ticks.stepSize = step;
       chart.update("none");
@@ -464,6 +686,14 @@
   }
 
   function openDetail(id) {
+    if (id !== selected) {
+      const list = $("device-anomalies");
+      list.textContent = "";
+      list.dataset.key = "";
+      setText("device-anomaly-count", "");
+      setText("device-anomaly-note", "Loading…");
+      $("device-anomaly-note").hidden = false;
+    }
     selected = id;
     if (devices.has(id)) renderFacts(devices.get(id));
     $("detail").hidden = false;
@@ -504,6 +734,10 @@
       if (tr) openDetail(tr.dataset.id);
     });
     $("detail-close").addEventListener("click", closeDetail);
+    $("anomaly-rows").addEventListener("click", (e) => {
+      const tr = e.target.closest("tr[data-device]");
+      if (tr) openDetail(tr.dataset.device);
+    });
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape") closeDetail();
     });
