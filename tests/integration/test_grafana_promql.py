@@ -1,12 +1,15 @@
 """Every query of the Grafana dashboard, against a real Prometheus scraping a real consumer.
 
 A real Mosquitto (conftest.py), three real `edge-agent` processes publishing to it, the real
-`edge-consumer --http-port` serving /metrics, and the Debian `prometheus` binary with the
-prometheus role's own config and rules (prometheus_fixture.py) scraping it every second. Once
-it has scraped a few times, every PromQL expression of monitoring/grafana/edge-fleet.json
+`edge-consumer --http-port` serving /metrics, with its anomaly detectors and a SQLite telemetry
+store (--anomalies --store), and the Debian `prometheus` binary with the prometheus role's own
+config and rules (prometheus_fixture.py) scraping it every second. One device's slice holds an
+impossible reading (a DHT's failed read), so that the anomaly metrics have a series. Once
+Prometheus has scraped a few times, every PromQL expression of monitoring/grafana/edge-fleet.json
 (panel targets, with the template variables substituted) must return data, and the template
 variables' own label_values() queries must list the real devices. Last, the role's rules on this
-live data: a killed agent makes EdgeDeviceSilent fire, naming its device.
+live data: the impossible readings make EdgeSensorAnomaly fire for their device alone, and a
+killed agent makes EdgeDeviceSilent fire, naming its device.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "edge-fleet.json"
 DEVICES = {f"0a:ed:9e:00:00:{n:02x}": f"pi-{n:04d}" for n in (1, 2, 3)}
+# The device whose slice has a failed read (impossible values) at this row; the agent wraps its
+# 40-row slice every 10 s, so the detectors find it again and again.
+ANOMALOUS = list(DEVICES)[2]
+FAILED_READ_AT = 1
 # The consumer's login, as the fleet's monitor service runs it (every route asks for it).
 CONSUMER_AUTH = ("dashboard", "grafana-test-password")
 RATE_INTERVAL = "1m"  # what $__rate_interval becomes (4 x a 15 s scrape interval)
@@ -70,6 +77,10 @@ REQUIRED_METRICS = {
     "edge_fleet_broker_load_messages_sent_1min",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
+    "edge_fleet_anomalies_total",
+    "edge_fleet_store_up",
+    "edge_fleet_store_rows_total",
+    "edge_fleet_store_queue_rows",
 }
 
 
@@ -253,17 +264,20 @@ def monitored_fleet(
             [sys.executable, "-m", "edge_consumer",
              "--broker", broker.host, "--port", str(broker.port),
              "--http-bind", "127.0.0.1", "--http-port", str(http_port),
-             "--http-user", CONSUMER_AUTH[0], "--format", "none"],
+             "--http-user", CONSUMER_AUTH[0], "--format", "none",
+             "--anomalies", "--store", f"sqlite:///{tmp_path / 'telemetry.db'}"],
             {"EDGE_CONSUMER_HTTP_PASSWORD": CONSUMER_AUTH[1]},
         )  # fmt: skip
         agents = {}
         for n, (device_id, name) in enumerate(DEVICES.items(), start=1):
+            failed_read_at = FAILED_READ_AT if device_id == ANOMALOUS else None
+            dataset = write_slice(tmp_path / f"slice-{n}.csv", failed_read_at=failed_read_at)
             agents[device_id] = procs.start(
                 name,
                 [sys.executable, "-m", "edge_agent",
                  "--broker", broker.host, "--port", str(broker.port),
                  "--device-id", device_id, "--device-name", name,
-                 "--dataset", str(write_slice(tmp_path / f"slice-{n}.csv")),
+                 "--dataset", str(dataset),
                  "--state-dir", str(tmp_path / f"state-{n}"),
                  "--rate", "4", "--log-level", "WARNING"],
             )  # fmt: skip
@@ -302,6 +316,12 @@ def monitored_fleet(
         assert wait_until(
             lambda: prometheus.query("edge_fleet_broker_clients_connected") != [], 30, 0.5
         ), "the consumer never exported the broker's $SYS statistics"
+        # The anomaly counter exists from the first finding, and increase() needs two samples.
+        assert wait_until(
+            lambda: prometheus.query("count_over_time(edge_fleet_anomalies_total[1m]) > 1") != [],
+            30,
+            0.5,
+        ), f"no anomaly scraped twice:\n{http_get(metrics_url, CONSUMER_AUTH)}"
         yield MonitoredFleet(broker, metrics_url, prometheus, agents)
     finally:
         procs.stop_all()
@@ -361,13 +381,35 @@ def test_every_dashboard_query_returns_data(monitored_fleet: MonitoredFleet) -> 
     assert rate is not None and rate > 0, rate
     ages = finite_values(prom.query("time() - edge_fleet_device_last_seen_timestamp_seconds"))
     assert len(ages) == len(DEVICES) and max(ages) < 10, ages
-    # The role's rules are loaded, and nothing fires on a healthy fleet.
+    # The store keeps up; the detectors flag the failed reads of the anomalous device.
+    assert prom.value("edge_fleet_store_up") == 1
+    stored = prom.value("edge_fleet_store_rows_total")
+    assert stored is not None and stored > 0, stored
+    anomalies = prom.query("edge_fleet_anomalies_total")
+    assert (ANOMALOUS, "impossible") in {
+        (s["metric"]["device_id"], s["metric"]["kind"]) for s in anomalies
+    }, anomalies
+    # The role's rules are loaded, and on this fleet only the impossible readings alert: for
+    # their device alone, named in the alert.
     rules = prom.api("rules")["groups"]
     assert sorted(r["name"] for g in rules for r in g["rules"]) == [
         "EdgeAgentOverflowIncreasing", "EdgeBrokerUnreachable",
-        "EdgeDeviceGapsIncreasing", "EdgeDeviceSilent",
+        "EdgeDeviceGapsIncreasing", "EdgeDeviceSilent", "EdgeSensorAnomaly",
+        "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting",
     ]  # fmt: skip
-    assert prom.alerts(state="firing") == [], prom.alerts()
+    alert = prom.wait_for_alert(
+        "EdgeSensorAnomaly", timeout=30, device_id=ANOMALOUS, kind="impossible"
+    )
+    assert alert["labels"]["device_name"] == DEVICES[ANOMALOUS]
+    assert alert["labels"]["severity"] == "warning"
+    assert (
+        f"Device {DEVICES[ANOMALOUS]} ({ANOMALOUS}) has impossible"
+        in alert["annotations"]["summary"]
+    )
+    firing = prom.alerts(state="firing")
+    assert {(a["labels"]["alertname"], a["labels"].get("device_id")) for a in firing} == {
+        ("EdgeSensorAnomaly", ANOMALOUS)
+    }, firing
 
     # The rules on live data: an agent killed (no clean offline status) makes EdgeDeviceSilent
     # fire for its device alone, named in the alert.

@@ -30,7 +30,12 @@ ALERTS = {
     "EdgeDeviceGapsIncreasing",
     "EdgeBrokerUnreachable",
     "EdgeAgentOverflowIncreasing",
+    "EdgeSensorAnomaly",
+    "EdgeTelemetryStoreDown",
+    "EdgeTelemetryStoreRejecting",
 }
+# Alerts on the consumer as a whole (its instance), not on one device.
+CONSUMER_ALERTS = {"EdgeBrokerUnreachable", "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting"}
 # What monitoring/tests/edge-fleet.rules.test.yml was written for (its header says the same).
 TESTED_VARS = {
     "prometheus_device_interval_seconds": 5,
@@ -39,8 +44,19 @@ TESTED_VARS = {
     "prometheus_alert_gaps_for": "30s",
     "prometheus_alert_overflow_for": "30s",
     "prometheus_alert_broker_for": "30s",
+    "prometheus_alert_anomaly_for": "0s",
+    "prometheus_alert_anomaly_exclude_kinds": ["dropout"],
+    "prometheus_alert_store_for": "1m",
+    "prometheus_alert_store_rejected_for": "0s",
     "prometheus_alert_increase_window": "5m",
     "prometheus_consumer_job_name": "edge-consumer",
+}
+# Each alert's `for:` with TESTED_VARS.
+TESTED_FOR = {
+    **{alert: "30s" for alert in ALERTS},
+    "EdgeSensorAnomaly": "0s",
+    "EdgeTelemetryStoreDown": "1m",
+    "EdgeTelemetryStoreRejecting": "0s",
 }
 # Other values, to see the rules and the config follow the variables.
 CUSTOM_VARS = {
@@ -48,6 +64,10 @@ CUSTOM_VARS = {
     "prometheus_silent_intervals": 4,
     "prometheus_alert_silent_for": "10s",
     "prometheus_alert_increase_window": "2m",
+    "prometheus_alert_anomaly_for": "15s",
+    "prometheus_alert_anomaly_exclude_kinds": ["dropout", "stuck"],
+    "prometheus_alert_store_for": "5m",
+    "prometheus_alert_store_rejected_for": "1m",
     "prometheus_consumer_job_name": "monitor",
     "prometheus_consumer_targets": ["mon-1:9100", "mon-2:9100"],
     "prometheus_listen_address": "10.0.0.5:9091",
@@ -120,12 +140,16 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
-    """{"tested": {"rules": path, "config": path}, "custom": {...}}, the promtool tests
-    copied beside the tested rules."""
+    """{"tested": {"rules": path, "config": path}, "custom": {...}, "all_kinds": {...}}, the
+    promtool tests copied beside the tested rules."""
     if not os.access(PROMTOOL, os.X_OK):
         pytest.skip(f"{PROMTOOL} not installed (apt-get install prometheus)")
     base = tmp_path_factory.mktemp("prometheus-role")
-    variants = {"tested": (base / "tested", TESTED_VARS), "custom": (base / "custom", CUSTOM_VARS)}
+    variants = {
+        "tested": (base / "tested", TESTED_VARS),
+        "custom": (base / "custom", CUSTOM_VARS),
+        "all_kinds": (base / "all_kinds", {"prometheus_alert_anomaly_exclude_kinds": []}),
+    }
     render(variants)
     for test in PROMTOOL_TESTS:
         shutil.copy(test, base / "tested" / test.name)
@@ -154,12 +178,13 @@ def test_config_and_rules_pass_promtool(rendered: dict[str, dict[str, Path]]) ->
     tested = rendered["tested"]
     workdir = tested["rules"].parent
     rules = promtool("check", "rules", str(tested["rules"]), cwd=workdir)
-    assert rules.returncode == 0 and "4 rules found" in rules.stdout, rules.stdout + rules.stderr
+    found = f"{len(ALERTS)} rules found"
+    assert rules.returncode == 0 and found in rules.stdout, rules.stdout + rules.stderr
     # From another directory: the config names its rules by absolute path, as the role's
     # `validate:` runs it on a temporary copy far from /etc/prometheus.
     config = promtool("check", "config", str(tested["config"]), cwd=Path("/"))
     assert config.returncode == 0, config.stdout + config.stderr
-    assert "1 rule files found" in config.stdout and "4 rules found" in config.stdout
+    assert "1 rule files found" in config.stdout and found in config.stdout
 
     parsed = yaml.safe_load(tested["config"].read_text())
     jobs = {job["job_name"]: job for job in parsed["scrape_configs"]}
@@ -169,22 +194,35 @@ def test_config_and_rules_pass_promtool(rendered: dict[str, dict[str, Path]]) ->
     assert parsed["rule_files"] == [str(tested["rules"])]
 
 
-def test_the_four_alerts_have_severity_and_name_the_device(
+def test_the_alerts_have_severity_and_name_the_device(
     rendered: dict[str, dict[str, Path]],
 ) -> None:
     rules = load_rules(rendered["tested"]["rules"])
     assert {rule["alert"] for rule in rules} == ALERTS and len(rules) == len(ALERTS)
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule
-        assert rule["for"] == "30s", rule
+        assert rule["for"] == TESTED_FOR[rule["alert"]], rule
         summary, description = rule["annotations"]["summary"], rule["annotations"]["description"]
         if rule["alert"] == "EdgeBrokerUnreachable":
             assert "$labels.instance" in summary and "$labels.cause" in summary
+        elif rule["alert"] in CONSUMER_ALERTS:
+            assert "$labels.instance" in summary and "$labels.instance" in description, rule
         else:
             for text in (summary, description):
                 assert "$labels.device_name" in text and "$labels.device_id" in text, rule
     silent = next(rule for rule in rules if rule["alert"] == "EdgeDeviceSilent")
     assert silent["expr"] == "time() - edge_fleet_device_last_seen_timestamp_seconds > 3 * 5"
+    by_name = {rule["alert"]: rule for rule in rules}
+    anomaly = by_name["EdgeSensorAnomaly"]
+    assert "$labels.kind" in anomaly["annotations"]["summary"]
+    assert 'increase(edge_fleet_anomalies_total{kind!~"dropout"}[5m]) > 0' in anomaly["expr"]
+    assert "group_left (device_name)" in anomaly["expr"]
+    assert by_name["EdgeTelemetryStoreDown"]["expr"] == "edge_fleet_store_up == 0"
+    assert by_name["EdgeTelemetryStoreDown"]["labels"]["severity"] == "critical"
+    assert (
+        by_name["EdgeTelemetryStoreRejecting"]["expr"]
+        == "increase(edge_fleet_store_rejected_total[5m]) > 0"
+    )
 
 
 def test_thresholds_follow_the_role_variables(rendered: dict[str, dict[str, Path]]) -> None:
@@ -198,6 +236,19 @@ def test_thresholds_follow_the_role_variables(rendered: dict[str, dict[str, Path
         in (rules["EdgeAgentOverflowIncreasing"]["expr"])
     )
     assert 'up{job="monitor"}' in rules["EdgeBrokerUnreachable"]["expr"]
+    anomaly = rules["EdgeSensorAnomaly"]
+    assert 'edge_fleet_anomalies_total{kind!~"dropout|stuck"}[2m]' in anomaly["expr"]
+    assert "offset 2m" in anomaly["expr"] and anomaly["for"] == "15s"
+    assert rules["EdgeTelemetryStoreDown"]["for"] == "5m"
+    assert "edge_fleet_store_rejected_total[2m]" in rules["EdgeTelemetryStoreRejecting"]["expr"]
+    assert rules["EdgeTelemetryStoreRejecting"]["for"] == "1m"
+    # No kind left out: no matcher at all, and the rules still pass promtool.
+    all_kinds = rendered["all_kinds"]["rules"]
+    anomaly = next(r for r in load_rules(all_kinds) if r["alert"] == "EdgeSensorAnomaly")
+    assert "kind!~" not in anomaly["expr"]
+    assert "increase(edge_fleet_anomalies_total[5m]) > 0" in anomaly["expr"]
+    check = promtool("check", "rules", str(all_kinds), cwd=Path("/"))
+    assert check.returncode == 0, check.stdout + check.stderr
     config = yaml.safe_load(files["config"].read_text())
     jobs = {
         job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
