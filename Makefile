@@ -48,7 +48,7 @@ test-fault: setup
 # CI runs the role scenarios and arm64 (an amd64 broker and two arm64 devices under QEMU). The
 # default scenario runs the same create, converge (site.yml) and verify playbooks on amd64, which
 # tests/integration/test_fleet_lifecycle.py also covers; `molecule test` runs it.
-MOLECULE_SCENARIOS ?= mosquitto edge_agent device_identity fleet_monitor prometheus arm64
+MOLECULE_SCENARIOS ?= mosquitto edge_agent device_identity fleet_monitor prometheus telemetry_db arm64
 test-molecule: setup image
 	for s in $(MOLECULE_SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
 
