@@ -179,13 +179,15 @@ class AnomalyEngine:
                     onsets.append(_stuck_onset(name, seq, ts, raw, stuck))
                 continue  # a stuck sensor's values are not the environment's: not learned
             spike = ch.spike
+            drift = ch.drift
             if was_stuck:
                 spike.restart()
-            y = spike.update(_log(raw) if ch.log else raw, seq, ts, raw)
+                drift.resume()
+            x = _log(raw) if ch.log else raw
+            y = spike.update(x, seq, ts, raw)
             if spike.fired:
                 onsets.append(_spike_onset(name, seq, spike, ch.log))
-            drift = ch.drift
-            drift.update(y, 0.5 * spike.step)
+            drift.update(y, 0.5 * spike.step, x)
             if drift.fired:
                 onsets.append(_drift_onset(name, seq, ts, raw, drift, ch.log))
         hst = dev.hst
@@ -286,15 +288,19 @@ def _spike_onset(name: str, seq: int, spike: SpikeDetector, log: bool) -> _Onset
 def _drift_onset(
     name: str, seq: int, ts: float, raw: float, drift: DriftDetector, log: bool
 ) -> _Onset:
+    way = "up" if drift.up else "down"
+    if drift.returned:  # found when it ended: the sensor jumped back to its baseline
+        detail = (
+            f"{name} came back to {raw:g} from {_show(drift.away, log):g}: it had drifted "
+            f"{way} from baseline {_show(drift.slow, log):g}"
+        )
+    else:
+        detail = (
+            f"{name} {way}: recent {_show(drift.fast, log):g} against baseline "
+            f"{_show(drift.slow, log):g}"
+        )
     return _Onset(
-        "drift",
-        name,
-        seq,
-        ts,
-        float(raw),
-        abs(drift.d) / max(drift.scale, drift.floor),
-        f"{name} {'up' if drift.up else 'down'}: recent {_show(drift.fast, log):g} against "
-        f"baseline {_show(drift.slow, log):g}",
+        "drift", name, seq, ts, float(raw), abs(drift.d) / max(drift.scale, drift.floor), detail
     )
 
 
