@@ -50,19 +50,24 @@ def _missing_monitor_modules() -> str:
 
 
 def make_ingest(config: ConsumerConfig) -> Optional[Ingest]:
-    """The store and anomaly engine the config asks for; raises StoreError (or RuntimeError
-    for a missing extra) with a message for people."""
+    """The store and anomaly detector the config asks for; raises StoreError (or RuntimeError
+    for a missing extra) with a message for people. Call it before any thread starts: the
+    detector's process is forked."""
     if not config.store and not config.anomalies:
         return None
-    from .anomaly import AnomalyEngine
+    from .anomaly.worker import DetectorProcess
     from .store import open_store
 
-    store = open_store(config.store, retention_days=config.retention_days) if config.store else None
-    return Ingest(
-        store=store,
-        engine=AnomalyEngine() if config.anomalies else None,
-        anomaly_prefix=config.anomaly_prefix,
-    )
+    detector = DetectorProcess() if config.anomalies else None
+    try:
+        store = (
+            open_store(config.store, retention_days=config.retention_days) if config.store else None
+        )
+    except BaseException:
+        if detector is not None:
+            detector.close()
+        raise
+    return Ingest(store=store, detector=detector, anomaly_prefix=config.anomaly_prefix)
 
 
 def run(config: ConsumerConfig) -> int:
@@ -118,15 +123,13 @@ def run(config: ConsumerConfig) -> int:
 
         live_ctx = LiveView(acc, started)
 
-    next_ingest_tick = time.monotonic() + 1.0
     sub.start()
     try:
         with live_ctx as tick:
             while not stop.is_set():
                 sub.wake.wait(TICK_S)
                 tick()
-                if ingest is not None and time.monotonic() >= next_ingest_tick:
-                    next_ingest_tick = time.monotonic() + 1.0
+                if ingest is not None:
                     ingest.tick(time.time(), sub.connected.is_set())
                 if sub.fatal or sub.output_closed:
                     stop_reason = "output closed" if sub.output_closed else "broker refused"

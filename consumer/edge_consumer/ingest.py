@@ -6,8 +6,9 @@ a store, every QoS 1 message goes through the BatchWriter in arrival order, also
 are not stored (status, $SYS, invalid), so acknowledgements keep the order of their PUBLISHes
 (MQTT-4.6.0-2) and a message is never acknowledged ahead of an earlier, uncommitted reading.
 
-Anomalies are published (`iot/anomaly/<device_id>`, QoS 1), counted, kept in a short in-memory
-log for the dashboard and stored with the batch of the reading that revealed them.
+Anomalies come from a detector (anomaly.worker: a child process in the service) a pump or two
+after their reading; they are published (`iot/anomaly/<device_id>`, QoS 1), counted, kept in a
+short in-memory log for the dashboard and stored (idempotently, acknowledging nothing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Callable, NamedTuple, Optional
 
 from edge_agent.protocol import anomaly_topic
 
-from .anomaly import Anomaly, AnomalyEngine
+from .anomaly import Anomaly
+from .anomaly.worker import DetectorProcess, InlineDetector
 from .store import (
     AnomalyRow,
     BatchWriter,
@@ -39,6 +41,7 @@ log = logging.getLogger("edge_consumer.ingest")
 Ack = Callable[[], None]
 Publish = Callable[[str, str], object]  # topic, JSON payload
 RETENTION_EVERY = 3600.0  # s between retention passes
+SILENCE_EVERY = 1.0  # s between checks for silent devices
 RECENT_ANOMALIES = 500  # findings the dashboard can list
 
 
@@ -75,20 +78,21 @@ class Ingest:
         self,
         *,
         store: Optional[TelemetryStore] = None,
-        engine: Optional[AnomalyEngine] = None,
+        detector: Optional[InlineDetector | DetectorProcess] = None,
         publish: Optional[Publish] = None,
         anomaly_prefix: str = "",
         batch_rows: int = 1000,
         queue_rows: int = 10_000,
     ) -> None:
         self.store = store
-        self.engine = engine
+        self.detector = detector
         self.publish = publish
         self.anomaly_prefix = anomaly_prefix
         self.anomalies = AnomalyLog()
         self.rejected = 0  # valid readings a store cannot hold (timestamp out of range)
         self.stored = 0  # readings committed (those already stored count again)
         self._next_retention = time.monotonic()  # the first pass at start-up
+        self._next_silence = time.monotonic() + SILENCE_EVERY
         self.writer: Optional[BatchWriter[_Item]] = None
         if store is not None:
             self.writer = BatchWriter(
@@ -102,12 +106,14 @@ class Ingest:
 
     # --- paho's network thread ------------------------------------------------------------
 
-    def reading(self, t: Telemetry, ack: Optional[Ack]) -> None:
-        found: list[Anomaly] = []
-        if self.engine is not None:
-            found = self.engine.observe(t.device_id, t.seq, t.ts, t.data, epoch=t.epoch)
-            for anomaly in found:
-                self._report(anomaly)
+    @property
+    def detects(self) -> bool:
+        return self.detector is not None
+
+    def reading(self, t: Telemetry, ack: Optional[Ack], payload: bytes = b"") -> None:
+        """A valid reading, `t` as validation made it from `payload`."""
+        if self.detector is not None:
+            self.detector.submit(t, payload)
         if self.writer is None:
             return
         row: Optional[TelemetryRow]
@@ -116,7 +122,7 @@ class Ingest:
         except ValueError:
             self.rejected += 1
             row = None
-        self._put(_Item(row, tuple(anomaly_row(a) for a in found)), ack)
+        self._put(_Item(row, ()), ack)
 
     def passthrough(self, ack: Ack) -> None:
         """A QoS 1 message that is not stored: acknowledged after the ones before it."""
@@ -149,10 +155,13 @@ class Ingest:
     # --- the main thread ------------------------------------------------------------------
 
     def tick(self, now: float, connected: bool) -> None:
-        """About once a second: silent devices (only while we hear the broker ourselves),
-        and retention now and then."""
-        if self.engine is not None and connected:
-            found = self.engine.tick(now)
+        """Often (the main loop's 0.1 s): the detector's findings; about once a second the
+        silent devices (only while we hear the broker ourselves); retention now and then."""
+        if self.detector is not None:
+            silence_due = connected and time.monotonic() >= self._next_silence
+            if silence_due:
+                self._next_silence = time.monotonic() + SILENCE_EVERY
+            found = self.detector.pump(now if silence_due else None)
             for anomaly in found:
                 self._report(anomaly)
             if found and self.writer is not None:
@@ -177,6 +186,8 @@ class Ingest:
 
     def close(self, timeout: float) -> bool:
         """Commit and acknowledge what is queued (within timeout), then close the store."""
+        if self.detector is not None:
+            self.detector.close()
         done = True
         if self.writer is not None:
             done = self.writer.close(timeout)

@@ -92,7 +92,7 @@ class FleetCollector(Collector):
         ingest = self.monitor.ingest
         if ingest is None:
             return
-        if ingest.engine is not None:
+        if ingest.detector is not None:
             found = CounterMetricFamily(
                 f"{NS}_anomalies_total",
                 "Anomalies the detectors reported, by device and kind.",
@@ -101,6 +101,11 @@ class FleetCollector(Collector):
             for (device_id, kind), n in sorted(dict(ingest.anomalies.counts).items()):
                 found.add_metric([device_id, kind], n)
             yield found
+            yield CounterMetricFamily(
+                f"{NS}_anomaly_readings_skipped_total",
+                "Readings not judged by the detectors because they were behind (a flood).",
+                ingest.detector.skipped,
+            )
         stats = ingest.writer_stats()
         if stats is None:
             return

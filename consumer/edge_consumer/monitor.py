@@ -178,7 +178,7 @@ class Monitor:
 
     @property
     def anomaly_detection(self) -> bool:
-        return self.ingest is not None and self.ingest.engine is not None
+        return self.ingest is not None and self.ingest.detects
 
     @property
     def has_store(self) -> bool:

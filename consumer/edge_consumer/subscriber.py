@@ -204,7 +204,7 @@ class Subscriber:
                     output_failed()
             if ingest is not None and type(result) is not str:
                 taken, ack[0] = ack[0], None
-                ingest.reading(result, taken)  # type: ignore[arg-type]
+                ingest.reading(result, taken, payload)  # type: ignore[arg-type]
 
         def safe_process(topic: Optional[str], payload: bytes, retained: bool, ack: Any) -> None:
             # Validation never raises by design; this guard (free unless it fires) keeps a

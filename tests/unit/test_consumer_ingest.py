@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from edge_consumer.anomaly import AnomalyEngine
+from edge_consumer.anomaly.worker import DetectorProcess, InlineDetector
 from edge_consumer.ingest import Ingest
 from edge_consumer.store import open_store
 from edge_consumer.validation import Telemetry, Validator
@@ -98,7 +100,7 @@ def test_anomalies_are_published_counted_and_stored(tmp_path: Path) -> None:
     published: list[tuple[str, dict[str, Any]]] = []
     ingest = Ingest(
         store=store,
-        engine=AnomalyEngine(),
+        detector=InlineDetector(AnomalyEngine()),
         publish=lambda topic, payload: published.append((topic, json.loads(payload))),
         anomaly_prefix="iot/anomaly",
     )
@@ -106,6 +108,7 @@ def test_anomalies_are_published_counted_and_stored(tmp_path: Path) -> None:
         failed_read = seq == 40  # the dataset's glitch: temp 0.0 with humidity near 1
         temp, humidity = (0.0, 1.0) if failed_read else (21.0 + 0.1 * (seq % 4), 40.0)
         ingest.reading(reading(seq, temp, humidity), None)
+    ingest.tick(1_700_000_100.0, connected=False)  # the main loop's pump
     assert ingest.writer is not None and ingest.writer.flush(10)
     impossible = [p for t, p in published if p["kind"] == "impossible"]
     assert [t for t, _ in published] == [f"iot/anomaly/{DEVICE}"] * len(published)
@@ -117,8 +120,48 @@ def test_anomalies_are_published_counted_and_stored(tmp_path: Path) -> None:
 
 
 def test_without_a_store_acks_are_not_deferred() -> None:
-    ingest = Ingest(engine=AnomalyEngine())
+    ingest = Ingest(detector=InlineDetector(AnomalyEngine()))
     assert not ingest.defers_acks and ingest.writer_stats() is None
     ingest.reading(reading(0), None)
     ingest.passthrough(lambda: None)  # nothing queued, nothing raised
     assert ingest.close(1)
+
+
+def test_the_detector_process_finds_what_the_engine_finds() -> None:
+    """The service's detector: the same findings as the engine inline, from a forked child."""
+    inline = InlineDetector(AnomalyEngine())
+    child = DetectorProcess()
+    try:
+        for seq in range(60):
+            t = reading(seq, *((0.0, 1.0) if seq in (30, 45) else (21.0 + 0.1 * (seq % 4), 40.0)))
+            for detector in (inline, child):
+                detector.submit(t, json.dumps(t.message).encode())
+        expected = inline.pump(None)
+        assert [a.seq for a in expected if a.kind == "impossible"] == [30, 45]
+        found: list[Any] = []
+        child.pump(None)  # sends the batch
+        assert wait_for(lambda: bool(found.extend(child.pump(None)) or found), 10)
+        assert found == expected
+    finally:
+        child.close()
+    assert not child._proc.is_alive()
+
+
+def test_the_detector_process_skips_what_it_cannot_hold() -> None:
+    child = DetectorProcess(max_pending=10)
+    try:
+        t = reading(0)
+        for _ in range(25):
+            child.submit(t, b"{}")
+        assert child.skipped == 15  # counted, and memory stays bounded
+    finally:
+        child.close()
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

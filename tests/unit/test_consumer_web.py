@@ -20,6 +20,7 @@ import pytest
 from edge_agent.protocol import telemetry
 from edge_consumer.accounting import Accounting
 from edge_consumer.anomaly import Anomaly, AnomalyEngine
+from edge_consumer.anomaly.worker import InlineDetector
 from edge_consumer.cli import main
 from edge_consumer.config import HTTP_PASSWORD_ENV, ConfigError, load_config
 from edge_consumer.history import RingHistory, StoreHistory
@@ -76,7 +77,8 @@ def feed(mon: Monitor, device_id: str, seq: int, ts: float, data: dict[str, floa
     t = mon.acc.handle(f"iot/telemetry/{device_id}", body, ts)
     assert isinstance(t, Telemetry), t
     if mon.ingest is not None:
-        mon.ingest.reading(t, None)
+        mon.ingest.reading(t, None, body)
+        mon.ingest.tick(ts, connected=False)  # the main loop's pump: the findings come back
 
 
 def finding(n: int, device_id: str = A, kind: str = "spike", sensor: str = "temp") -> Anomaly:
@@ -295,7 +297,7 @@ def test_snapshot_without_anomaly_detection_says_so() -> None:
 
 
 def test_snapshot_counts_a_real_engines_findings_per_device() -> None:
-    mon = fed_monitor(ingest=Ingest(engine=AnomalyEngine()))
+    mon = fed_monitor(ingest=Ingest(detector=InlineDetector(AnomalyEngine())))
     assert mon.snapshot()["totals"]["anomalies"] == 0  # five ordinary readings
     feed(mon, A, 5, time.time(), FAILED_READ)
     snap = mon.snapshot()
@@ -312,7 +314,7 @@ def test_snapshot_counts_a_real_engines_findings_per_device() -> None:
 
 
 def test_snapshot_lists_the_newest_twenty_newest_first_with_names() -> None:
-    ingest = Ingest(engine=AnomalyEngine())
+    ingest = Ingest(detector=InlineDetector(AnomalyEngine()))
     mon = fed_monitor(ingest=ingest)
     for n in range(25):
         ingest.anomalies.add(finding(n, B if n % 5 == 0 else A))
@@ -333,7 +335,7 @@ def test_snapshot_lists_the_newest_twenty_newest_first_with_names() -> None:
 
 
 def test_api_anomalies_from_memory() -> None:
-    ingest = Ingest(engine=AnomalyEngine())
+    ingest = Ingest(detector=InlineDetector(AnomalyEngine()))
     mon = fed_monitor(ingest=ingest)
     for n in range(150):
         ingest.anomalies.add(finding(n, B if n % 3 == 0 else A))
@@ -386,7 +388,9 @@ class ThreadCheckingStore:
 
 def test_api_anomalies_merges_a_devices_stored_findings(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'telemetry.db'}"
-    ingest = Ingest(store=open_store(url, retention_days=None), engine=AnomalyEngine())
+    ingest = Ingest(
+        store=open_store(url, retention_days=None), detector=InlineDetector(AnomalyEngine())
+    )
     web_store = ThreadCheckingStore(open_store(url, retention_days=None, create=False))
     history = StoreHistory(web_store)  # type: ignore[arg-type]  # duck-typed on purpose
     mon = fed_monitor(ingest=ingest, history=history)
@@ -442,7 +446,7 @@ def test_api_anomalies_survives_a_store_that_fails() -> None:
         def read_anomalies(self, *args: Any) -> list[AnomalyRow]:
             raise OSError("database is down")
 
-    ingest = Ingest(engine=AnomalyEngine())
+    ingest = Ingest(detector=InlineDetector(AnomalyEngine()))
     mon = fed_monitor(ingest=ingest, history=StoreHistory(Broken()))  # type: ignore[arg-type]
     ingest.anomalies.add(finding(1))
     with TestClient(make_app(mon)) as c:
