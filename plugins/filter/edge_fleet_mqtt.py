@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
-from edge_agent.protocol import BROKER_STATS_TOPIC, STATUS_PREFIX, TELEMETRY_PREFIX
+from edge_agent.protocol import (
+    ANOMALY_PREFIX,
+    BROKER_STATS_TOPIC,
+    STATUS_PREFIX,
+    TELEMETRY_PREFIX,
+)
 
 
 def fleet_mqtt_users(credentials: dict[str, str]) -> list[dict[str, str]]:
@@ -22,10 +27,12 @@ def fleet_mqtt_acl(
     monitor: str = "",
     telemetry_prefix: str = TELEMETRY_PREFIX,
     status_prefix: str = STATUS_PREFIX,
+    anomaly_prefix: str = ANOMALY_PREFIX,
 ) -> list[dict[str, Any]]:
     """{device user: device ID} -> the fleet's policy: each device writes only its own two
     topics and reads nothing, the consumer only reads telemetry and status, the monitor reads
-    those and the broker's $SYS figures, the admin may do anything."""
+    those and the broker's $SYS figures and writes the anomalies it finds, the admin may do
+    anything."""
     if not isinstance(device_ids, dict):
         raise AnsibleFilterError("fleet_mqtt_acl: expected a mapping of device user to device ID")
     acl: list[dict[str, Any]] = []
@@ -62,6 +69,7 @@ def fleet_mqtt_acl(
                     {"access": "read", "topic": f"{telemetry_prefix}/+"},
                     {"access": "read", "topic": f"{status_prefix}/+"},
                     {"access": "read", "topic": BROKER_STATS_TOPIC},
+                    {"access": "write", "topic": f"{anomaly_prefix}/+"},
                 ],
             }
         )

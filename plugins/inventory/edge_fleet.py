@@ -19,7 +19,8 @@ description:
     C(.edge_fleet.yml) or C(.edge_fleet.yaml).
   - Group C(emulated) has three children, C(broker) (one host, Mosquitto), C(monitor) (one host,
     the fleet's consumer service and Prometheus) and C(devices), the hosts that run agents.
-    Container names equal inventory host names.
+    Container names equal inventory host names. The monitor host is also in group
+    C(telemetry_db), where PostgreSQL runs when the fleet's store is C(postgresql).
   - There are I(device_count) devices named C(<name_prefix>0001), C(<name_prefix>0002), ... (zero
     padded to four digits, wider only past 9999). Each host runs I(devices_per_host) of them, in
     order. With one device per host the host carries the device's name; packed hosts are named
@@ -373,7 +374,7 @@ class InventoryModule(BaseInventoryPlugin):
             )
 
         inv = self.inventory
-        for group in ("emulated", "broker", "monitor", "devices"):
+        for group in ("emulated", "broker", "monitor", "devices", "telemetry_db"):
             inv.add_group(group)
             if group != "emulated":
                 inv.add_child("emulated", group)
@@ -416,6 +417,10 @@ class InventoryModule(BaseInventoryPlugin):
             inv.add_host(name, group=group)
             inv.set_variable(name, "device_arch", architecture)
             self._set_address(name, connection, ssh_port)
+        if self.get_option("monitor"):
+            # PostgreSQL, when the fleet's store is postgresql, runs beside the consumer it
+            # serves (playbooks/telemetry_db.yml; a no-op for the default SQLite store).
+            inv.add_host(monitor, group="telemetry_db")
 
         for index, first in enumerate(range(1, count + 1, per_host), start=1):
             numbers = range(first, min(first + per_host, count + 1))

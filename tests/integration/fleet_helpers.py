@@ -53,8 +53,9 @@ def fleet_cache(fleet: str) -> Path:
 
 
 # The secrets every fleet has besides one per device (playbooks/vars/fleet.yml): the MQTT users
-# of the controller's consumer, the monitor and the admin, and the dashboard's login.
-SERVICE_SECRETS = ("admin", "consumer", "dashboard", "monitor")
+# of the controller's consumer, the monitor and the admin, the dashboard's login and the
+# telemetry database user's.
+SERVICE_SECRETS = ("admin", "consumer", "dashboard", "monitor", "telemetry-db")
 
 
 def fleet_passwords(fleet: str) -> dict[str, str]:

@@ -1,9 +1,13 @@
 """Zero-loss telemetry under faults, on a real emulated fleet.
 
 One fleet of 20 devices publishing at 2 msg/s, deployed by site.yml with TLS and
-authentication. One persistent consumer session (fleet_watch.FleetWatch) accounts for every
-reading; each test is a window of it and asserts the consumer's exact per-device seq accounting:
-zero gaps inside the window, and no seq lost between the previous window and this one.
+authentication, and its monitor keeping every reading in PostgreSQL (fleet_telemetry_store)
+while the agents inject seeded spike and stuck faults (fleet_fault_injection). One persistent
+consumer session (fleet_watch.FleetWatch) accounts for every reading; each test is a window of
+it and asserts the consumer's exact per-device seq accounting: zero gaps inside the window, and
+no seq lost between the previous window and this one. The last tests kill the monitor's
+consumer service and PostgreSQL mid-flood and compare the store with that accounting, and
+check that the injected faults were flagged on iot/anomaly/+ and stored.
 
 The tests run in file order; the broker faults come after the consumer's session has been saved
 to the broker's persistence file, as a long-running consumer's would be.
@@ -11,14 +15,19 @@ to the broker's persistence file, as a long-running consumer's would be.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import paho.mqtt.client as mqtt
 import pytest
+from edge_agent import faults
 from edge_agent.agent import SAVE_EVERY_ACKS
+from edge_agent.protocol import ANOMALY_PREFIX
 from edge_agent.publisher import WINDOW
 from fleet_helpers import (
     PlaybookRun,
@@ -39,6 +48,8 @@ from fleet_helpers import (
     write_emulated_inventory,
 )
 from fleet_watch import POLL, BrokerLog, FleetWatch, WatchedFleet, broker_log
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 pytestmark = [pytest.mark.fleet, pytest.mark.fault]
 
@@ -46,6 +57,10 @@ NAME = "edge-faults"
 DEVICES = 20
 INTERVAL = 0.5  # s between readings: 2 msg/s per device
 BROKER = f"{NAME}-broker"
+MONITOR = f"{NAME}-monitor"
+# Spike and stuck episodes (the detectors' F1 >= 0.9 kinds) from seq 200 on; rate 0.02 gives a
+# few per device over the module's run. Dropouts would make devices look lost to the windows.
+FAULTS = "seed=11,rate=0.02,kinds=spike+stuck"
 RECONNECT_LIMIT = 15.0  # s: every agent is back this soon after the broker is
 
 
@@ -54,14 +69,53 @@ def device(n: int) -> str:
     return f"{NAME}-pi-{n:04d}"
 
 
+class AnomalyListener:
+    """The admin's persistent subscription to iot/anomaly/+, for the whole module."""
+
+    def __init__(self, port: int, ca: Path) -> None:
+        self.found: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id="faults-anomaly-listener",
+            protocol=mqtt.MQTTv5,
+        )
+        client.username_pw_set("admin", fleet_passwords(NAME)["admin"])
+        client.tls_set(ca_certs=str(ca))
+        client.on_connect = lambda c, *_: c.subscribe(f"{ANOMALY_PREFIX}/+", qos=1)
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        client.loop_start()
+        self.client = client
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        record = json.loads(msg.payload)
+        with self._lock:
+            self.found.append({**record, "topic": msg.topic})
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.found)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 @dataclass
 class Fleet(WatchedFleet):
     inventory: list[str] = field(default_factory=list)
+    anomalies: Optional[AnomalyListener] = None
 
     def deploy(self, *extra: str) -> PlaybookRun:
         return ansible_playbook(
             "site.yml", *self.inventory, "-e", f"device_count={DEVICES}",
-            "-e", f"edge_agent_publish_interval={INTERVAL}", *extra,
+            "-e", f"edge_agent_publish_interval={INTERVAL}",
+            "-e", "fleet_telemetry_store=postgresql", "-e", f"fleet_fault_injection={FAULTS}",
+            *extra,
         )  # fmt: skip
 
 
@@ -73,9 +127,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         tmp_path_factory.mktemp("inventory") / "emulated",
         NAME,
         broker_tls_port=port,
+        monitor=True,
     )
     inventory = ["-i", str(directory)]
     workdir = tmp_path_factory.mktemp("watch")
+    fleet: Optional[Fleet] = None
     try:
         watch = FleetWatch(port, fleet_cache(NAME) / "pki" / "ca.crt", Path(), workdir)
         fleet = Fleet(watch, {}, inventory=inventory)
@@ -91,8 +147,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 for n in range(1, DEVICES + 1)
             }
         )
+        fleet.anomalies = AnomalyListener(port, fleet_cache(NAME) / "pki" / "ca.crt")
         yield fleet
     finally:
+        if fleet.anomalies is not None:
+            fleet.anomalies.close()
         ansible_playbook("playbooks/teardown.yml", *inventory)
 
 
@@ -249,3 +308,108 @@ def test_redeploy_under_load_restarts_each_agent_once(fleet: Fleet) -> None:
     fleet.wait_caught_up(time.time())
     # Recovery: the longest time any one agent was away from the broker for its restart.
     fleet.close_window("redeploy under load", max(log.downtime(user) for user in fleet.ids))
+
+
+def psql(sql: str) -> list[list[str]]:
+    """Rows of a query in the monitor's telemetry database, as its postgres superuser."""
+    out = on(MONITOR, f"runuser -u postgres -- psql -d edge_telemetry -XAtF '|' -c \"{sql}\"")
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def stored_seqs() -> dict[str, dict[int, set[int]]]:
+    """device ID -> epoch -> the seqs stored."""
+    stored: dict[str, dict[int, set[int]]] = {}
+    for device_id, epoch, seq in psql("SELECT device_id, epoch, seq FROM telemetry"):
+        stored.setdefault(device_id, {}).setdefault(int(epoch), set()).add(int(seq))
+    return stored
+
+
+def stored_rows() -> int:
+    try:
+        return int(psql("SELECT count(*) FROM telemetry")[0][0])
+    except Exception:  # PostgreSQL is down or restarting
+        return -1
+
+
+def consumer_restarts() -> int:
+    return int(on(MONITOR, "systemctl show -p NRestarts --value edge-consumer").strip())
+
+
+def test_monitor_consumer_and_postgresql_killed_mid_flood_store_every_reading_once(
+    fleet: Fleet,
+) -> None:
+    fleet.open_window()
+    restarts = consumer_restarts()
+    before = stored_rows()
+    on(MONITOR, "systemctl kill --signal=SIGKILL edge-consumer")
+    assert wait_until(lambda: consumer_restarts() == restarts + 1, 30, POLL)
+    assert wait_until(lambda: stored_rows() > before + 10 * DEVICES, 60, POLL)
+    before = stored_rows()
+    on(MONITOR, "systemctl kill --signal=SIGKILL postgresql@15-main")
+    time.sleep(5)  # the consumer holds its batch unacknowledged and retries
+    on(MONITOR, "systemctl start postgresql@15-main")
+    assert wait_until(lambda: stored_rows() > before + 10 * DEVICES, 90, POLL)
+    # Stop every agent so that the store can catch up with a fixed end.
+    stopping = time.time()
+    for n in range(1, DEVICES + 1):
+        on(device(n), f"systemctl stop {agent_unit(device(n))}")
+    stopped = time.time()
+    fleet.wait_caught_up(stopping - 5 * INTERVAL)
+    fleet.close_window("monitor consumer and PostgreSQL SIGKILL", 0.0)
+    journal = on(MONITOR, f"journalctl -u edge-consumer --since @{int(stopped) - 600} -o cat")
+    assert "telemetry store unavailable" in journal, journal[-2000:]
+
+    def caught_up() -> bool:
+        stored = stored_seqs()
+        return all(
+            max(max(seqs) for seqs in stored.get(mac, {0: {-1}}).values())
+            >= fleet.ledger.runs[mac][-1][1]
+            for mac in fleet.ids.values()
+        )
+
+    assert wait_until(caught_up, 60, 1.0), "the store never caught up with the last readings"
+    stored = stored_seqs()
+    problems = []
+    for mac in fleet.ids.values():
+        epochs = stored[mac]
+        assert len(epochs) == 1, f"{fleet.names[mac]}: epochs {sorted(epochs)}: state was lost"
+        (seqs,) = epochs.values()
+        first, last = min(seqs), max(seqs)
+        # The monitor subscribed before the agents started: from seq 0 on, every reading the
+        # watch saw is stored, and the only holes are those the watch has too (agent overflow).
+        store_holes = set(range(first, last + 1)) - seqs
+        watch_holes = {s for a, b in fleet.ledger.holes(mac) for s in range(a, b + 1)}
+        unseen = {s for a, b in fleet.ledger.runs[mac] for s in range(a, b + 1)} - seqs
+        if first != 0 or not store_holes <= watch_holes or unseen:
+            problems.append(
+                f"{fleet.names[mac]}: first {first}, holes {sorted(store_holes)[:10]} (watch"
+                f" {sorted(watch_holes)[:10]}), seen but not stored {sorted(unseen)[:10]}"
+            )
+    assert not problems, "\n".join(problems)
+    keys = psql("SELECT count(*), count(DISTINCT (device_id, epoch, seq)) FROM telemetry")[0]
+    assert keys[0] == keys[1], f"rows {keys[0]}, distinct readings {keys[1]}"
+
+
+def test_injected_faults_are_flagged_on_iot_anomaly_and_stored(fleet: Fleet) -> None:
+    assert fleet.anomalies is not None
+    spec = faults.parse_spec(FAULTS)
+    published = fleet.anomalies.snapshot()
+    assert {p["topic"] for p in published} <= {f"{ANOMALY_PREFIX}/{m}" for m in fleet.ids.values()}
+    stored = {
+        (device_id, kind, int(seq))
+        for device_id, kind, seq in psql("SELECT device_id, kind, seq FROM anomalies")
+    }
+    flagged = {(p["device_id"], p["kind"], p["seq"]) for p in published}
+    last = {mac: max(max(s) for s in e.values()) for mac, e in stored_seqs().items()}
+    episodes = detected = 0
+    for mac in fleet.ids.values():
+        for episode in faults.schedule(spec, mac, 0, last[mac] - 10):
+            if episode.end > last[mac] - 10:
+                continue  # too close to the end to judge
+            episodes += 1
+            window = range(episode.start, episode.end + 4)  # the detectors' allowed delay
+            hits = {a for a in flagged if a[0] == mac and a[1] == episode.kind and a[2] in window}
+            detected += bool(hits)
+            assert hits <= stored, f"{fleet.names[mac]}: published but not stored: {hits - stored}"
+    assert episodes >= DEVICES, f"only {episodes} episodes: the run was too short to judge"
+    assert detected >= 0.8 * episodes, f"{detected} of {episodes} injected episodes flagged"

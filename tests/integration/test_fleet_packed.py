@@ -219,6 +219,26 @@ def test_monitor_shows_every_device_online_and_prometheus_scrapes_it(fleet: Pack
     assert {"EdgeDeviceSilent", "EdgeDeviceGapsIncreasing", "EdgeBrokerUnreachable"} <= alerts
 
 
+# Devices, rows and distinct keys in the monitor's SQLite store, read with its own Python.
+STORED = (
+    "import json, sqlite3; c = sqlite3.connect('file:/var/lib/edge-consumer/telemetry.db?mode=ro',"
+    " uri=True); print(json.dumps(c.execute('SELECT count(DISTINCT device_id), count(*),"
+    " count(DISTINCT device_id || epoch || seq) FROM telemetry').fetchone()))"
+)
+
+
+def test_monitor_stores_every_device_in_sqlite_by_default(fleet: PackedFleet) -> None:
+    """The default store: a SQLite file in the service's StateDirectory, one row per reading."""
+    assert on(MONITOR, "stat -c '%U %a' /var/lib/edge-consumer").split() == ["edge-consumer", "750"]
+
+    def stored() -> list[int]:
+        return list(json.loads(on(MONITOR, f'python3 -c "{STORED}"')))
+
+    assert wait_until(lambda: stored()[0] == DEVICES, 60), stored()
+    devices, rows, keys = stored()
+    assert rows == keys and rows >= DEVICES, (devices, rows, keys)
+
+
 def test_rerun_changes_nothing_on_any_host(fleet: PackedFleet) -> None:
     run = fleet.site()
     assert run.rc == 0, run.failures()

@@ -80,7 +80,7 @@ def all_devices(data: dict[str, Any]) -> list[dict[str, Any]]:
 def test_default_fleet_has_broker_monitor_and_three_devices():
     data = inventory_list(EMULATED)
 
-    assert set(data["emulated"]["children"]) == {"broker", "monitor", "devices"}
+    assert set(data["emulated"]["children"]) == {"broker", "monitor", "devices", "telemetry_db"}
     assert data["broker"]["hosts"] == ["edge-broker"]
     assert data["monitor"]["hosts"] == ["edge-monitor"]
     assert hostvars(data, "edge-monitor")["fleet_role"] == "monitor"

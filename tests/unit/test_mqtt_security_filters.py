@@ -125,7 +125,7 @@ def test_acl_gives_each_device_only_its_own_topics(fleet: ModuleType) -> None:
     assert [entry["user"] for entry in acl][:2] == ["pi-0001", "pi-0002"]
 
 
-def test_acl_lets_the_monitor_read_telemetry_status_and_broker_figures_only(
+def test_acl_lets_the_monitor_read_telemetry_status_and_broker_figures_and_write_anomalies(
     fleet: ModuleType,
 ) -> None:
     acl = fleet.fleet_mqtt_acl({"pi-0001": "0a:ed:9e:00:00:01"}, "consumer", "admin", "monitor")
@@ -134,6 +134,7 @@ def test_acl_lets_the_monitor_read_telemetry_status_and_broker_figures_only(
         {"access": "read", "topic": "iot/telemetry/+"},
         {"access": "read", "topic": "iot/status/+"},
         {"access": "read", "topic": "$SYS/broker/#"},
+        {"access": "write", "topic": "iot/anomaly/+"},
     ]
     # Without a monitor user the policy has no entry for one.
     assert "monitor" not in {e["user"] for e in fleet.fleet_mqtt_acl({}, "consumer", "admin")}
