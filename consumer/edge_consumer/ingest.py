@@ -34,6 +34,7 @@ from .store import (
     anomaly_row,
     telemetry_row,
 )
+from .store.model import TS_MAX, TS_MIN
 from .validation import Telemetry
 
 log = logging.getLogger("edge_consumer.ingest")
@@ -165,7 +166,12 @@ class Ingest:
             for anomaly in found:
                 self._report(anomaly)
             if found and self.writer is not None:
-                self._put(_Item(None, tuple(anomaly_row(a) for a in found)), None)
+                # A finding on a reading the store rejected (counted there) has that reading's
+                # timestamp: it would fail its batch on every retry and hold back every later
+                # ack. It is published, not stored.
+                rows = tuple(anomaly_row(a) for a in found if TS_MIN <= a.ts < TS_MAX)
+                if rows:
+                    self._put(_Item(None, rows), None)
         if self.store is not None and time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_EVERY
             try:

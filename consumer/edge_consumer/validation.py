@@ -123,6 +123,8 @@ class Validator:
             return "missing_field"
         if type(device_id) is not str or type(device_name) is not str:
             return "bad_type"
+        if "\x00" in device_name:  # no text column of PostgreSQL can hold it
+            return "bad_type"
         if device_id != topic_id:
             return "id_mismatch"
         ts = _number(ts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,13 +20,15 @@ DEVICE = "02:00:00:00:00:01"
 VALIDATOR = Validator()
 
 
-def reading(seq: int, temp: float = 21.0, humidity: float = 40.0) -> Telemetry:
+def reading(
+    seq: int, temp: float = 21.0, humidity: float = 40.0, ts: float = 1_700_000_000.0
+) -> Telemetry:
     message = {
         "device_id": DEVICE,
         "device_name": "pi-0001",
         "seq": seq,
         "epoch": 1,
-        "ts": 1_700_000_000.0 + seq,
+        "ts": ts + seq,
         "data": {"temp": temp, "humidity": humidity + seq % 3, "co": 0.004, "lpg": 0.007,
                  "smoke": 0.02, "light": False, "motion": False},
     }  # fmt: skip
@@ -119,6 +123,31 @@ def test_anomalies_are_published_counted_and_stored(tmp_path: Path) -> None:
     ingest.close(5)
 
 
+def test_a_finding_on_a_reading_the_store_rejects_does_not_hold_back_acks(tmp_path: Path) -> None:
+    """A device whose clock is past 2100 sends an impossible reading: the reading is rejected
+    (counted) and its finding published, but neither may stall the acks behind them."""
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    published: list[str] = []
+    ingest = Ingest(
+        store=store,
+        detector=InlineDetector(AnomalyEngine()),
+        publish=lambda topic, payload: published.append(payload),
+        anomaly_prefix="iot/anomaly",
+    )
+    assert ingest.writer is not None
+    ingest.writer.retry_initial = 0.01
+    acked: list[int] = []
+    ingest.reading(reading(0, 0.0, 1.0, ts=5e9), lambda: acked.append(0))
+    ingest.tick(1_700_000_100.0, connected=False)  # the finding, with the reading's ts
+    ingest.reading(reading(1), lambda: acked.append(1))
+    assert published and json.loads(published[0])["kind"] == "impossible"
+    assert ingest.writer.flush(10), ingest.writer.stats()
+    assert acked == [0, 1] and ingest.rejected == 1
+    assert not ingest.writer.stats().write_failures
+    assert [r.seq for r in store.read_range(DEVICE, 0, 2e9)] == [1]
+    ingest.close(5)
+
+
 def test_without_a_store_acks_are_not_deferred() -> None:
     ingest = Ingest(detector=InlineDetector(AnomalyEngine()))
     assert not ingest.defers_acks and ingest.writer_stats() is None
@@ -156,6 +185,30 @@ def test_the_detector_process_skips_what_it_cannot_hold() -> None:
         assert child.skipped == 15  # counted, and memory stays bounded
     finally:
         child.close()
+
+
+def test_the_detector_process_exits_when_its_parent_is_killed() -> None:
+    """After a SIGKILL of the service, systemd's restart must not wait for an orphan."""
+    code = (
+        "import time; from edge_consumer.anomaly.worker import DetectorProcess; "
+        "d = DetectorProcess(); print(d._proc.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert running(child)
+    parent.kill()
+    parent.wait()
+    assert wait_for(lambda: not running(child), 10), "the detector outlived its parent"
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def wait_for(predicate: Any, timeout: float) -> bool:

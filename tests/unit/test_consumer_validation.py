@@ -86,6 +86,7 @@ CASES = [
     (TOPIC, without("device_name"), "missing_field"),
     (TOPIC, without("data.motion"), "missing_field"),
     (TOPIC, without("data.temp"), "missing_field"),
+    (TOPIC, with_("device_name", "pi\u00000001"), "bad_type"),  # no database holds a NUL
     (TOPIC, with_("seq", True), "bad_type"),
     (TOPIC, with_("seq", -1), "bad_type"),
     (TOPIC, with_("seq", 1.0), "bad_type"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import signal
 from collections import deque
@@ -25,7 +26,9 @@ from ..validation import Telemetry
 from .engine import AnomalyEngine, EngineConfig
 from .record import Anomaly
 
-MAX_PENDING = 20_000  # readings waiting for the child (a few MB at most)
+MAX_PENDING = 20_000  # readings waiting for the child (a payload is about 400 bytes: ~8 MB)
+
+log = logging.getLogger("edge_consumer.anomaly")
 
 
 class InlineDetector:
@@ -50,9 +53,12 @@ class InlineDetector:
         pass
 
 
-def _serve(conn: Connection, config: Optional[EngineConfig]) -> None:
+def _serve(conn: Connection, parent_end: Connection, config: Optional[EngineConfig]) -> None:
     """The child: observe each batch, answer with its findings. The parent alone handles
-    SIGINT and SIGTERM (systemd signals the whole unit): it drains, then closes the pipe."""
+    SIGINT and SIGTERM (systemd signals the whole unit): it drains, then closes the pipe. The
+    child closes its copy of the parent's end, so that the parent's death, even by SIGKILL,
+    reaches it as end of file and it exits too."""
+    parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     engine = AnomalyEngine(config)
@@ -67,8 +73,13 @@ def _serve(conn: Connection, config: Optional[EngineConfig]) -> None:
         payloads, now = message
         found: list[Anomaly] = []
         for payload in payloads:  # validated by the parent: the fields are there and sane
-            m = json.loads(payload)
-            found += observe(m["device_id"], m["seq"], float(m["ts"]), m["data"], m.get("epoch"))
+            try:
+                m = json.loads(payload)
+                found += observe(
+                    m["device_id"], m["seq"], float(m["ts"]), m["data"], m.get("epoch")
+                )
+            except Exception:  # a bug for one reading must not stop detection for all
+                log.exception("anomaly detectors failed on a reading; it is skipped")
         if now is not None:
             found += engine.tick(now)
         conn.send([tuple(a) for a in found])
@@ -84,7 +95,7 @@ class DetectorProcess:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._proc = context.Process(
-            target=_serve, args=(child, config), name="edge-anomaly", daemon=True
+            target=_serve, args=(child, self._conn, config), name="edge-anomaly", daemon=True
         )
         self._proc.start()
         child.close()

@@ -103,7 +103,7 @@ def telemetry_row(message: Telemetry) -> TelemetryRow:
     if isinstance(source, dict):
         source_ts = _optional_number(source.get("ts"))
         device = source.get("device")
-        source_device = device if isinstance(device, str) else None
+        source_device = device if isinstance(device, str) and "\x00" not in device else None
     return TelemetryRow(
         device_id=message.device_id,
         seq=message.seq,
