@@ -5,7 +5,7 @@ Reuses consumer_throughput.py's private Mosquitto, flood publishers and exact-ac
 
   plain              no store, no anomalies (the baseline)
   anomalies          --anomalies: the detectors on every reading, findings published
-  sqlite             --store sqlite:///<fresh file>
+  sqlite             --store sqlite:///<fresh file>?synchronous=full (as the service runs it)
   postgresql         --store <a fresh database in a private PostgreSQL cluster>
   sqlite+anomalies   what the monitor service runs by default
 
@@ -68,7 +68,7 @@ COUNT_SQL = (
 def store_counts(url: str, pg: Optional[PostgresCluster]) -> tuple[int, int, int]:
     """(rows, distinct (device_id, epoch, seq), anomalies) in the store at url."""
     if url.startswith("sqlite:"):
-        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"))) as db:
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://").split("?")[0])) as db:
             rows, distinct, found = db.execute(COUNT_SQL).fetchone()
             return int(rows), int(distinct), int(found)
     assert pg is not None
@@ -92,7 +92,7 @@ def one_run(
     work.mkdir(parents=True)
     url = None
     if variant.startswith("sqlite"):
-        url = f"sqlite://{work / 't.db'}"
+        url = f"sqlite://{work / 't.db'}?synchronous=full"
     elif variant == "postgresql":
         assert pg is not None
         url = pg.create_database(f"bench_{work.name.replace('-', '_')}")
