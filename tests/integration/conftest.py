@@ -17,9 +17,10 @@ from typing import Any, Callable, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
-from fleet_helpers import free_port, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from support.polling import wait_until
+from support.ports import free_port
 
 MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
 
@@ -178,7 +179,7 @@ def collector(mosquitto: Broker) -> Iterator[Collector]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The fault tests' measurements: recovery time and the consumer's accounting per fault."""
-    from fleet_watch import RESULTS
+    from support.watch import RESULTS
 
     if not RESULTS:
         return

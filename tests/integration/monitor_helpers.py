@@ -12,8 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from fleet_helpers import ROOT, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support.fleet import ROOT
+from support.polling import wait_until
+from support.ports import free_port
 
 HEADER = '"ts","device","co","humidity","light","lpg","motion","smoke","temp"\n'
 

@@ -20,13 +20,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Optional
+
+from support.ports import free_port
 
 
 def pg_bindir() -> Optional[Path]:
@@ -42,12 +43,6 @@ def pg_bindir() -> Optional[Path]:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _processes() -> list[tuple[int, int]]:

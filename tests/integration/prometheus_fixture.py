@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from fleet_helpers import free_port, wait_until
+from support.polling import wait_until
+from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "prometheus"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import pytest
+from support.polling import wait_until
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are needed here
     from conftest import Broker, Collector
@@ -36,15 +37,6 @@ def write_slice(path: Path, rows: int, source: str = "b8:27:eb:bf:9d:51") -> Pat
         )
     path.write_text("".join(lines))
     return path
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def device_id(n: int) -> str:

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 import pytest
 from edge_agent.protocol import telemetry
-from fleet_helpers import wait_until
 from monitor_helpers import MonitorService
+from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

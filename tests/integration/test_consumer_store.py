@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from conftest import Broker, Collector
-from fleet_helpers import wait_until
 from monitor_helpers import start_agent
 from postgres_fixture import PostgresCluster, pg_bindir
+from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

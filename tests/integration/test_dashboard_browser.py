@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from fleet_helpers import ROOT, wait_until
 from monitor_helpers import MonitorService, start_agent
+from support.fleet import ROOT
+from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,9 @@ from edge_agent import faults
 from edge_agent.agent import SAVE_EVERY_ACKS
 from edge_agent.protocol import ANOMALY_PREFIX
 from edge_agent.publisher import WINDOW
-from fleet_helpers import (
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from support.fleet import (
     PlaybookRun,
     agent_reports,
     agent_restarts,
@@ -41,15 +43,13 @@ from fleet_helpers import (
     env_path,
     fleet_cache,
     fleet_passwords,
-    free_port,
     on,
     require_docker,
-    wait_until,
     write_emulated_inventory,
 )
-from fleet_watch import POLL, BrokerLog, FleetWatch, WatchedFleet, broker_log
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from support.polling import wait_until
+from support.ports import free_port
+from support.watch import POLL, BrokerLog, FleetWatch, WatchedFleet, broker_log
 
 pytestmark = [pytest.mark.fleet, pytest.mark.fault]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_helpers import (
+from support.fleet import (
     SERVICE_SECRETS,
     PlaybookRun,
     active_agents,

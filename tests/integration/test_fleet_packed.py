@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from fleet_helpers import (
+from support.fleet import (
     SERVICE_SECRETS,
     MqttClient,
     PlaybookRun,
@@ -40,17 +40,17 @@ from fleet_helpers import (
     fleet_containers,
     fleet_layout,
     fleet_passwords,
-    free_port,
     on,
     private_state_path,
     require_docker,
     slice_path,
     state_path,
     unit_show,
-    wait_until,
     write_emulated_inventory,
 )
-from fleet_watch import POLL, FleetWatch, WatchedFleet, broker_log
+from support.polling import wait_until
+from support.ports import free_port
+from support.watch import POLL, FleetWatch, WatchedFleet, broker_log
 
 pytestmark = pytest.mark.fleet
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from fleet_helpers import (
+from support.fleet import (
     MqttClient,
     ansible_playbook,
     as_agent_of,
@@ -27,11 +27,11 @@ from fleet_helpers import (
     env_path,
     fleet_cache,
     fleet_passwords,
-    free_port,
     require_docker,
     unit_show,
     write_emulated_inventory,
 )
+from support.ports import free_port
 
 pytestmark = pytest.mark.fleet
 

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
-from fleet_helpers import free_port, wait_until
 from monitor_helpers import write_slice
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_fixture import CONSUMER_JOB, Prometheus, PrometheusFactory, prometheus_server
+from support.polling import wait_until
+from support.ports import free_port
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are needed here
     from conftest import Broker

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fleet_helpers import (
+from support.fleet import (
     ansible_playbook,
     fleet_containers,
     require_docker,

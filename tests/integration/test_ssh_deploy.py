@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet_helpers import (
+from support.fleet import (
     ROOT,
     active_agents,
     ansible_playbook,
     device_env,
     docker,
-    free_port,
     require_docker,
     write_emulated_inventory,
 )
+from support.ports import free_port
 
 pytestmark = pytest.mark.fleet
 

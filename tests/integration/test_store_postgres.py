@@ -32,6 +32,7 @@ from edge_consumer.store import postgres as pg_module  # noqa: E402
 from edge_consumer.store.partitions import day_of, partition_name  # noqa: E402
 from edge_consumer.store.postgres import PostgresStore  # noqa: E402
 from edge_consumer.store.sqlite import SqliteStore  # noqa: E402
+from support.polling import wait_until  # noqa: E402
 
 DAY = 86_400.0
 NOW = time.time()
@@ -300,15 +301,6 @@ def feed(writer: BatchWriter[TelemetryRow], items: list[int], acked: Acked) -> t
     return thread
 
 
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
     cluster: PostgresCluster, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -325,7 +317,7 @@ def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
     writer1 = BatchWriter(store1.write_batch, **options).start()
     acked1 = Acked()
     feeder1 = feed(writer1, list(range(first_half)), acked1)
-    assert wait_for(lambda: len(acked1.snapshot()) >= 5000, 60)
+    assert wait_until(lambda: len(acked1.snapshot()) >= 5000, 60)
     cluster.kill()  # SIGKILL: postmaster and backends, mid-COPY or mid-commit
     writer1.abandon()
     time.sleep(0.2)
@@ -347,10 +339,10 @@ def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
     acked2 = Acked()
     again = sorted(set(range(first_half)) - set(acked_before))
     feeder2 = feed(writer2, again + list(range(first_half, total)), acked2)
-    assert wait_for(lambda: len(acked2.snapshot()) >= 5000, 60)
+    assert wait_until(lambda: len(acked2.snapshot()) >= 5000, 60)
     cluster.kill()
     killed_at = len(acked2.snapshot())
-    assert wait_for(lambda: writer2.stats().in_outage, 10)
+    assert wait_until(lambda: writer2.stats().in_outage, 10)
     time.sleep(2)  # down for a while: the writer keeps retrying, acks nothing
     assert len(acked2.snapshot()) <= killed_at + options["batch_rows"]
     cluster.start()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import Broker
 from edge_agent.dataset import Reading, read_slice
-from fleet_helpers import wait_until
 from monitor_helpers import start_agent
+from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from edge_consumer.anomaly.worker import DetectorProcess, InlineDetector
 from edge_consumer.ingest import Ingest
 from edge_consumer.store import open_store
 from edge_consumer.validation import Telemetry, Validator
+from support.polling import wait_until
 
 DEVICE = "02:00:00:00:00:01"
 VALIDATOR = Validator()
@@ -169,7 +169,7 @@ def test_the_detector_process_finds_what_the_engine_finds() -> None:
         assert [a.seq for a in expected if a.kind == "impossible"] == [30, 45]
         found: list[Any] = []
         child.pump(None)  # sends the batch
-        assert wait_for(lambda: bool(found.extend(child.pump(None)) or found), 10)
+        assert wait_until(lambda: bool(found.extend(child.pump(None)) or found), 10)
         assert found == expected
     finally:
         child.close()
@@ -199,7 +199,7 @@ def test_the_detector_process_exits_when_its_parent_is_killed() -> None:
     assert running(child)
     parent.kill()
     parent.wait()
-    assert wait_for(lambda: not running(child), 10), "the detector outlived its parent"
+    assert wait_until(lambda: not running(child), 10), "the detector outlived its parent"
 
 
 def running(pid: int) -> bool:
@@ -209,12 +209,3 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

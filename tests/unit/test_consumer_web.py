@@ -33,6 +33,7 @@ from edge_consumer.web import WebServer, create_app
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
+from support.ports import free_port
 
 with warnings.catch_warnings():  # starlette >= 0.5x prefers httpx2; httpx is what we ship
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -43,12 +44,6 @@ DATA = {"temp": 21.5, "humidity": 45.0, "co": 0.005, "lpg": 0.0076, "smoke": 0.0
 ROUTES = ("/", "/static/app.js", "/static/style.css", "/vendor/chart.js", "/events",
           "/api/devices", f"/api/devices/{A}/history", "/api/anomalies", "/metrics",
           "/healthz")  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fed_monitor(

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import pytest
 from edge_consumer.store import BatchWriter, TelemetryRow, WriterClosed
 from edge_consumer.store.sqlite import SqliteStore
+from support.polling import wait_until
 
 T0 = 1_795_910_400.0
 DEVICE = "0a:ed:9e:00:00:01"
@@ -44,15 +45,6 @@ def row(seq: int, device: str = DEVICE) -> TelemetryRow:
 def stored_seqs(path: Path) -> list[int]:
     with sqlite3.connect(path) as conn:  # a connection of its own: sees only committed rows
         return [r[0] for r in conn.execute("SELECT seq FROM telemetry ORDER BY seq")]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 class Acks:
@@ -150,7 +142,7 @@ def test_a_full_batch_does_not_wait_for_the_delay(tmp_path: Path) -> None:
     writer = BatchWriter(store.write_batch, batch_rows=10, batch_delay=60, batch_idle=60).start()
     for seq in range(10):
         writer.put(row(seq), acks.ack(seq))
-    assert wait_for(lambda: len(acks.seqs) == 10, 10)
+    assert wait_until(lambda: len(acks.seqs) == 10, 10)
     writer.close(timeout=5)
     store.close()
 
@@ -187,7 +179,7 @@ def test_a_failing_store_is_retried_and_nothing_is_acked_meanwhile(
     flaky.down.set()
     for seq in range(20, 100):
         writer.put(row(seq), acks.ack(seq))
-    assert wait_for(lambda: flaky.attempts >= 10)
+    assert wait_until(lambda: flaky.attempts >= 10, 10)
     assert acks.seqs == list(range(20))  # nothing of the outage acked
     assert writer.stats().in_outage and "disk I/O error" in str(writer.stats().last_error)
     flaky.down.clear()
@@ -215,7 +207,7 @@ def test_put_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
     writer = BatchWriter(slow, batch_rows=5, batch_delay=0, queue_rows=10).start()
     for seq in range(5):  # the writer takes these and blocks in slow()
         assert writer.put(row(seq), acks.ack(seq))
-    assert wait_for(lambda: writer.stats().queued == 0)
+    assert wait_until(lambda: writer.stats().queued == 0, 10)
     for seq in range(5, 15):
         assert writer.put(row(seq), acks.ack(seq), timeout=1)
     started = time.monotonic()

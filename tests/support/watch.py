@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fleet_helpers import BIN, docker, wait_until
+from support.fleet import BIN, docker
+from support.polling import wait_until
 
 CLIENT_ID = "fault-watch"
 CATCH_UP_TIMEOUT = 120.0

@@ -6,20 +6,20 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+
+from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -32,30 +32,27 @@ def require_docker() -> None:
         pytest.fail("docker is installed but the daemon does not answer")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def fleet_cache(fleet: str) -> Path:
     """The controller's files for one fleet: pki/, secrets/, the agent build and slices."""
     return ROOT / ".cache" / "fleet" / fleet
 
 
-# The secrets every fleet has besides one per device (playbooks/vars/fleet.yml): the MQTT users
-# of the controller's consumer, the monitor and the admin, the dashboard's login and the
-# telemetry database user's.
-SERVICE_SECRETS = ("admin", "consumer", "dashboard", "monitor", "telemetry-db")
+def _service_secrets() -> tuple[str, ...]:
+    """The secrets every fleet has besides one per device, read from their one home,
+    playbooks/vars/fleet.yml: the MQTT service users (consumer, monitor, admin) and the other
+    secrets (the dashboard's login, the telemetry database user's)."""
+    facts = yaml.safe_load((ROOT / "playbooks" / "vars" / "fleet.yml").read_text())
+
+    def resolve(item: str) -> str:
+        # Entries are literal names or "{{ other_var }}" references to one.
+        match = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", item)
+        return str(facts[match[1]]) if match else item
+
+    names = [*facts["fleet_mqtt_service_users"], *facts["fleet_other_secrets"]]
+    return tuple(sorted(resolve(name) for name in names))
+
+
+SERVICE_SECRETS = _service_secrets()
 
 
 def fleet_passwords(fleet: str) -> dict[str, str]:
