@@ -411,13 +411,27 @@ def test_auto_packs_only_when_one_device_per_host_does_not_fit(tmp_path):
     assert len(devices(data)) == 5
 
 
-@pytest.mark.parametrize("bad", ["0", "101", "two", "1.5", "-1"])
-def test_bad_devices_per_host_stops_the_cli_with_one_clear_message(bad):
+@pytest.mark.parametrize(
+    ("bad", "must_be", "flag"),
+    [
+        # Whole numbers out of range get parse_count's message; other text, the one naming auto.
+        ("0", "a whole number from 1 to 100", "N"),
+        ("101", "a whole number from 1 to 100", "N"),
+        ("two", "auto or a whole number from 1 to 100", "K"),
+        ("1.5", "auto or a whole number from 1 to 100", "K"),
+        ("-1", "auto or a whole number from 1 to 100", "K"),
+    ],
+)
+def test_bad_devices_per_host_stops_the_cli_with_one_clear_message(bad, must_be, flag):
     done = run_inventory(EMULATED, "--list", "-e", f"devices_per_host={bad}")
 
     assert done.returncode != 0
-    assert "devices_per_host must be" in done.stderr
-    assert "-e devices_per_host=K" in done.stderr or "-e devices_per_host=N" in done.stderr
+    assert done.stdout.strip() == ""
+    messages = set(re.findall(r"edge_fleet: devices_per_host [^\n]*", done.stderr))
+    assert messages == {
+        f"edge_fleet: devices_per_host must be {must_be}, got '{bad}'; "
+        f"fix it in the .edge_fleet.yml file or with -e devices_per_host={flag}"
+    }
 
 
 def test_auto_devices_per_host_arithmetic(plugin_module):
