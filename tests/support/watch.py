@@ -32,6 +32,7 @@ RESULTS: list[dict[str, Any]] = []
 @dataclass
 class DeviceProgress:
     ts: float = 0.0  # production time of the newest reading seen
+    seq: int = 0  # the newest seq seen
     overflow: int = 0  # the agent's own overflow counter, from its latest message
 
 
@@ -93,6 +94,7 @@ class FleetWatch:
             with self._lock:
                 progress = self.progress.setdefault(message["device_id"], DeviceProgress())
                 progress.ts = max(progress.ts, message["ts"])
+                progress.seq = max(progress.seq, message["seq"])
                 progress.overflow = message["stats"]["overflow"]
 
     def stop(self) -> Window:
@@ -107,6 +109,10 @@ class FleetWatch:
     def snapshot(self) -> dict[str, DeviceProgress]:
         with self._lock:
             return {k: DeviceProgress(**vars(v)) for k, v in self.progress.items()}
+
+    def newest_seqs(self) -> dict[str, int]:
+        """Device ID -> the newest seq the watch has seen from it."""
+        return {device: progress.seq for device, progress in self.snapshot().items()}
 
     def caught_up(self, devices: set[str], since: float) -> bool:
         """Every device has delivered a reading produced after `since`."""
