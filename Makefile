@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ANSIBLE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: image test-arm64 setup fleet teardown test test-unit test-integration test-fault test-molecule test-fleet lint agent-pyz bench clean
+.PHONY: image test-arm64 setup fleet teardown test test-quick test-unit test-integration test-fault test-molecule test-fleet lint agent-pyz bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,24 +30,35 @@ teardown: $(VENV)/.installed
 agent-pyz: $(VENV)/.installed
 	$(BIN)/python agent/build_pyz.py --out dist/edge-agent.pyz
 
-# Everything CI runs: unit, integration, the fleet and fault-injection tests, then molecule.
-test: setup
-	$(BIN)/pytest tests --durations=15
-	$(MAKE) test-molecule
+# Everything CI runs: unit, integration, the reference, SSH and fault fleets, then molecule.
+# Ends with where the time went: pytest's slowest tests, each scenario's time, each part's.
+test: $(VENV)/.installed
+	$(PYTHON) tests/support/parts.py \
+		setup -- $(MAKE) setup image ';;' \
+		pytest -- $(BIN)/pytest tests -m 'not quick' --durations=25 ';;' \
+		molecule -- $(MAKE) test-molecule
+
+# The developer loop, a few minutes: lint, unit tests and one tiny fleet (2 devices, 1 host).
+test-quick: $(VENV)/.installed
+	$(PYTHON) tests/support/parts.py \
+		setup -- $(MAKE) setup image ';;' \
+		lint -- $(MAKE) lint ';;' \
+		unit -- $(BIN)/pytest tests/unit -q ';;' \
+		fleet -- $(BIN)/pytest tests/integration/test_quick_fleet.py -q
 
 test-unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
 test-integration: setup
-	$(BIN)/pytest tests/integration -m 'not fault'
+	$(BIN)/pytest tests/integration -m 'not fault and not quick'
 
-# Fault injection on a 20-device emulated fleet (about 7 minutes).
+# Fault injection on a 20-device emulated fleet (about 6 minutes).
 test-fault: setup
 	$(BIN)/pytest tests/integration -m fault
 
 # CI runs the role scenarios and arm64 (an amd64 broker and two arm64 devices under QEMU). The
 # default scenario runs the same create, converge (site.yml) and verify playbooks on amd64, which
-# tests/integration/test_fleet_lifecycle.py also covers; `molecule test` runs it.
+# tests/integration/test_reference_fleet.py also covers; `molecule test` runs it.
 MOLECULE_SCENARIOS ?= mosquitto edge_agent device_identity fleet_monitor prometheus telemetry_db arm64
 test-molecule: setup image
 	for s in $(MOLECULE_SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
