@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ANSIBLE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: image test-arm64 setup fleet teardown test test-quick test-unit test-integration test-fault test-molecule test-fleet lint agent-pyz bench clean
+.PHONY: image test-arm64 setup fleet teardown test test-lane-pytest test-lane-faults test-quick test-unit test-integration test-fault test-molecule test-fleet lint agent-pyz bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,25 @@ teardown: $(VENV)/.installed
 agent-pyz: $(VENV)/.installed
 	$(BIN)/python agent/build_pyz.py --out dist/edge-agent.pyz
 
-# Everything CI runs: unit, integration, the reference, SSH and fault fleets, then molecule.
-# Ends with where the time went: pytest's slowest tests, each scenario's time, each part's.
+# Everything CI runs: unit, integration, the reference, SSH and fault fleets, and molecule.
+# After the set-up, two lanes run side by side (most of a fleet test's time is spent waiting
+# on containers, not on the CPU); each lane's output is printed whole when it ends (make -O).
+# Each ends with where the time went: pytest's slowest tests, each scenario's time, each part's.
 test: $(VENV)/.installed
 	$(PYTHON) tests/support/parts.py \
 		setup -- $(MAKE) setup image ';;' \
-		pytest -- $(BIN)/pytest tests -m 'not quick' --durations=25 ';;' \
-		molecule -- $(MAKE) test-molecule
+		lanes -- $(MAKE) --no-print-directory -j2 --output-sync=target test-lane-pytest test-lane-faults
+
+# Lane 1: unit and integration tests, the reference fleet and the SSH fleet.
+test-lane-pytest:
+	$(PYTHON) tests/support/parts.py \
+		pytest -- $(BIN)/pytest tests -m 'not quick and not fault' --durations=20
+
+# Lane 2: the fault fleet, then the molecule scenarios.
+test-lane-faults:
+	$(PYTHON) tests/support/parts.py \
+		faults -- $(BIN)/pytest tests -m fault --durations=10 ';;' \
+		molecule -- $(MAKE) --no-print-directory test-molecule
 
 # The developer loop, a few minutes: lint, unit tests and one tiny fleet (2 devices, 1 host).
 test-quick: $(VENV)/.installed
