@@ -39,10 +39,10 @@ test: $(VENV)/.installed
 		setup -- $(MAKE) setup image ';;' \
 		lanes -- $(MAKE) --no-print-directory -j2 --output-sync=target test-lane-pytest test-lane-faults
 
-# Lane 1: unit and integration tests, the reference fleet and the SSH fleet.
+# Lane 1: unit and integration tests, the reference, SSH and linear-strategy fleets.
 test-lane-pytest:
 	$(PYTHON) tests/support/parts.py \
-		pytest -- $(BIN)/pytest tests -m 'not quick and not fault' --durations=20
+		pytest -- $(BIN)/pytest tests -m 'not fault' --durations=20
 
 # Lane 2: the fault fleet, then the molecule scenarios.
 test-lane-faults:
@@ -62,7 +62,7 @@ test-unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
 test-integration: setup
-	$(BIN)/pytest tests/integration -m 'not fault and not quick'
+	$(BIN)/pytest tests/integration -m 'not fault'
 
 # Fault injection on a 20-device emulated fleet (about 6 minutes).
 test-fault: setup

@@ -316,6 +316,9 @@ def test_redeploy_under_load_restarts_each_agent_once(fleet: Fleet) -> None:
     assert reports == dict.fromkeys(fleet.ids, (1, 1, [])), reports
     starts = {name: agent_starts_since(name, name, started) for name in fleet.ids}
     assert starts == dict.fromkeys(fleet.ids, 1), starts
+    # ...and each runs with the new setting.
+    intervals = {name: device_env(name, name)["PUBLISH_INTERVAL"] for name in fleet.ids}
+    assert intervals == dict.fromkeys(fleet.ids, "0.4"), intervals
     log = broker_log(BROKER, started)
     counts = {user: len(log.connects.get(user, [])) for user in fleet.ids}
     assert counts == dict.fromkeys(fleet.ids, 1), counts
