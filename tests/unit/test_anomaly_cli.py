@@ -134,3 +134,20 @@ def test_bad_time_column_and_missing_file(
     with pytest.raises(SystemExit) as e:
         run(["score", str(path), "--time", "t"])
     assert e.value.code == 2
+
+
+def test_a_nab_file_as_it_is(tmp_path: Path) -> None:
+    """NAB's format (timestamp,value; naive ISO times) needs no options."""
+    rng = random.Random(2)
+    rows = [
+        f"2014-04-01 {i // 12:02d}:{i % 12 * 5:02d}:00,{round(20 + rng.gauss(0, 0.3), 3)}"
+        for i in range(288)
+    ]
+    rows[200] = rows[200].split(",")[0] + ",45.0"
+    path = tmp_path / "art.csv"
+    path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    code, out = run(["score", str(path)])
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("line 202  value  spike  2014-04-01T16:40:00")
+    assert lines[-1] == "1 anomalies in 288 rows of 1 device(s): spike 1"

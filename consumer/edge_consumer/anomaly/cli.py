@@ -5,7 +5,9 @@ Two formats:
   smoke, temp; any column order; ts in epoch seconds, "1.5945120943859746E9" too): every
   device's rows in file order, through one AnomalyEngine, as the consumer would see them;
 - any CSV with a header, one sensor: --time COL --value COL (time: epoch seconds or ISO 8601;
-  a value column named like a dataset sensor gets that sensor's limits).
+  a value column named like a dataset sensor gets that sensor's limits). A file whose header
+  has `timestamp` and `value` and not the dataset's columns (the Numenta Anomaly Benchmark's
+  format, `2015-09-01 11:25:00,58`) is read that way without options.
 
 Each anomaly names the file line of the reading it flags (a spike: its first reading; stuck
 and drift: where they are recognised; a dropout: the last reading before the silence, found
@@ -136,6 +138,21 @@ def score_column(
     return found, rows
 
 
+def column_config(col: str) -> EngineConfig:
+    """The engine for a one-sensor file (shared with bench/nab_eval.py)."""
+    return EngineConfig(sensors=(col,), log_sensors=(col,) if col in _GAS else (), chips=())
+
+
+def _header(path: str) -> list[str]:
+    """The file's header names ([] if it cannot be read: the real read reports why)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            first = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [h.strip().lstrip("\ufeff") for h in first]
+
+
 def _iso(ts: float) -> str:
     try:
         return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
@@ -178,11 +195,11 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     out = out or sys.stdout
     if (args.time is None) != (args.value is None):
         parser.error("--time and --value go together")
-    if args.time is not None:
-        col = args.value
-        config = EngineConfig(sensors=(col,), log_sensors=(col,) if col in _GAS else (), chips=())
-    else:
-        config = EngineConfig()
+    if args.time is None:
+        names = _header(args.file)
+        if "timestamp" in names and "value" in names and "device" not in names:
+            args.time, args.value = "timestamp", "value"  # NAB's format
+    config = column_config(args.value) if args.time is not None else EngineConfig()
     config = config._replace(multivariate=args.multivariate)
     try:
         engine = AnomalyEngine(config)
