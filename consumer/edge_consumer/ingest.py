@@ -27,11 +27,14 @@ from .anomaly.worker import DetectorProcess, InlineDetector
 from .store import (
     AnomalyRow,
     BatchWriter,
+    DeadLetter,
+    Isolation,
     TelemetryRow,
     TelemetryStore,
     WriterClosed,
     WriterStats,
     anomaly_row,
+    dead_letter,
     telemetry_row,
 )
 from .store.model import TS_MAX, TS_MIN
@@ -96,8 +99,11 @@ class Ingest:
         self._next_silence = time.monotonic() + SILENCE_EVERY
         self.writer: Optional[BatchWriter[_Item]] = None
         if store is not None:
+            # A reading (or a finding) the database refuses on its own goes to the store's
+            # dead_letters table and is acknowledged; it never holds back the others.
+            isolation = Isolation(store.ping, store.transient, self._dead_letter)
             self.writer = BatchWriter(
-                self._write, batch_rows=batch_rows, queue_rows=queue_rows
+                self._write, batch_rows=batch_rows, queue_rows=queue_rows, isolation=isolation
             ).start()
 
     @property
@@ -152,6 +158,15 @@ class Ingest:
         if found:  # idempotent too: a retried batch stores each finding once
             self.store.write_anomalies(found)
         self.stored += len(rows)
+
+    def _dead_letter(self, refused: Sequence[tuple[_Item, BaseException]]) -> None:
+        assert self.store is not None
+        letters: list[DeadLetter] = []
+        for item, error in refused:
+            if item.row is not None:
+                letters.append(dead_letter(item.row, error))
+            letters.extend(dead_letter(a, error) for a in item.anomalies)
+        self.store.write_dead_letters(letters)
 
     # --- the main thread ------------------------------------------------------------------
 

@@ -314,7 +314,7 @@ def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
 
     # 1. The server dies under a running writer, and the consumer with it (abandoned).
     store1 = PostgresStore(dsn)
-    writer1 = BatchWriter(store1.write_batch, **options).start()
+    writer1 = BatchWriter(store1.write_batch, **options, isolation=store1.isolation()).start()
     acked1 = Acked()
     feeder1 = feed(writer1, list(range(first_half)), acked1)
     assert wait_until(lambda: len(acked1.snapshot()) >= 5000, 60)
@@ -335,7 +335,7 @@ def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
     caplog.clear()  # writer1's outage line
     caplog.set_level("INFO", logger="edge_consumer.store.writer")
     store2 = PostgresStore(dsn)
-    writer2 = BatchWriter(store2.write_batch, **options).start()
+    writer2 = BatchWriter(store2.write_batch, **options, isolation=store2.isolation()).start()
     acked2 = Acked()
     again = sorted(set(range(first_half)) - set(acked_before))
     feeder2 = feed(writer2, again + list(range(first_half, total)), acked2)
@@ -357,6 +357,9 @@ def test_sigkill_mid_write_then_restart_stores_every_row_exactly_once(
     assert set(acks2) | set(acked_before) == set(range(total))
     stats = writer2.stats()
     assert stats.outages >= 1 and stats.rows_committed == len(acks2)
+    # A killed server is an outage, never a row's fault: nothing went to the dead letters.
+    assert writer1.stats().dead_letters == stats.dead_letters == 0
+    assert query(dsn, "SELECT count(*) FROM dead_letters") == [(0,)]
     outage_lines = [r for r in caplog.records if r.name == "edge_consumer.store.writer"]
     assert [r.levelname for r in outage_lines] == ["ERROR", "WARNING"] * stats.outages
     print(
@@ -386,3 +389,105 @@ def test_export_from_postgresql_matches_sqlite(dsn: str, tmp_path: Path) -> None
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     assert outputs[0].count(b"\n") == 1 + sum(MIDNIGHT - DAY / 2 <= r.ts < MIDNIGHT for r in rows)
+
+
+# --- dead letters: one bad row never stops the rest --------------------------------------------
+
+TOO_BIG = 2**63  # validation takes any seq >= 0; bigint cannot hold it
+
+
+def test_a_row_postgresql_rejects_is_dead_lettered_and_the_rest_stored_and_acked(
+    store: PostgresStore, dsn: str
+) -> None:
+    # What an operator may add to the table: a reading of more than 100 % humidity fails.
+    query(dsn, "ALTER TABLE telemetry ADD CONSTRAINT humidity_at_most_100 CHECK (humidity <= 100)")
+    bad = {137: row(137)._replace(humidity=150.0), 642: row(642)._replace(seq=TOO_BIG)}
+    acked = Acked()
+    writer = BatchWriter(
+        store.write_batch, batch_rows=200, batch_delay=0.01, isolation=store.isolation()
+    ).start()
+    for i in range(1000):
+        writer.put(bad.get(i, row(i)), acked.ack(i))
+    assert writer.close(timeout=60)
+    assert acked.snapshot() == list(range(1000))  # every one, in put order: the bad ones too
+    stored = [r[0] for r in query(dsn, "SELECT seq FROM telemetry ORDER BY seq")]
+    assert stored == [i for i in range(1000) if i not in bad]
+    letters = store.read_dead_letters()
+    device = row(0).device_id
+    assert [(d.kind, d.device_id, d.key) for d in letters] == [
+        ("telemetry", device, f'["{device}", 7, 137]'),
+        ("telemetry", device, f'["{device}", 7, {TOO_BIG}]'),
+    ]
+    assert letters[0].error.startswith('CheckViolation: new row for relation "telemetry_p')
+    assert 'violates check constraint "humidity_at_most_100"' in letters[0].error
+    assert letters[1].error == "OverflowError: int too big to convert"  # the binary COPY's
+    assert [d.recover() for d in letters] == list(bad.values())  # nothing is lost
+    stats = writer.stats()
+    assert stats.dead_letters == 2 and stats.outages == 0
+
+
+def test_a_row_a_trigger_refuses_is_dead_lettered(store: PostgresStore, dsn: str) -> None:
+    query(
+        dsn,
+        """
+        CREATE FUNCTION refuse_device() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.device_id = 'banned' THEN RAISE EXCEPTION 'device % is banned', NEW.device_id;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_device BEFORE INSERT ON telemetry
+            FOR EACH ROW EXECUTE FUNCTION refuse_device();
+        """,
+    )
+    acked = Acked()
+    writer = BatchWriter(store.write_batch, batch_delay=0.01, isolation=store.isolation()).start()
+    for i in range(50):
+        writer.put(row(i, device="banned") if i == 10 else row(i), acked.ack(i))
+    assert writer.close(timeout=30)
+    assert acked.snapshot() == list(range(50))
+    assert count(dsn) == 49
+    (letter,) = store.read_dead_letters()
+    assert letter.device_id == "banned"
+    assert letter.error.startswith("RaiseException: device banned is banned CONTEXT: PL/pgSQL")
+
+
+def test_the_writer_transient_rule_of_postgresql(
+    store: PostgresStore, cluster: PostgresCluster
+) -> None:
+    errors = psycopg.errors
+    for transient in (
+        errors.LockNotAvailable("lock timeout"),  # a partition's DDL behind a long query
+        errors.DeadlockDetected(),
+        errors.SerializationFailure(),
+        errors.DiskFull(),
+        errors.AdminShutdown(),
+        errors.QueryCanceled(),
+        errors.InternalError_(),
+        psycopg.OperationalError("connection refused"),
+        psycopg.InterfaceError("the connection is closed"),
+        OSError(5, "I/O error"),
+    ):
+        assert store.transient(transient), transient
+    for row_error in (
+        errors.CheckViolation(),
+        errors.NotNullViolation(),
+        errors.NumericValueOutOfRange(),
+        errors.InvalidTextRepresentation(),
+        errors.RaiseException(),
+        errors.ProgramLimitExceeded(),  # e.g. a value too big for an index row
+        psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
+        ValueError("timestamp outside 1970..2100"),
+    ):
+        assert not store.transient(row_error), row_error
+    store.ping()
+    cluster.kill()
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            store.ping()
+        # After the connection broke, whatever the error, it is the database's.
+        assert store.transient(ValueError("anything"))
+    finally:
+        cluster.start()
+    store.ping()  # reconnects
+    assert not store.transient(ValueError("anything"))

@@ -1,7 +1,7 @@
 """The telemetry store: readings and anomaly findings in SQLite or PostgreSQL.
 
     store = open_store("sqlite:////var/lib/edge-consumer/telemetry.db", retention_days=30)
-    writer = BatchWriter(store.write_batch).start()
+    writer = BatchWriter(store.write_batch, isolation=store.isolation()).start()
     writer.put(telemetry_row(message), ack)     # ack runs once the row is committed
     ...
     writer.close(timeout=10); store.close()
@@ -23,13 +23,23 @@ import urllib.parse
 from typing import Optional
 
 from .base import DEFAULT_RETENTION_DAYS, StoreError, TelemetryStore
-from .model import AnomalyRow, RetentionResult, TelemetryRow, anomaly_row, telemetry_row
-from .writer import BatchWriter, WriterClosed, WriterStats
+from .model import (
+    AnomalyRow,
+    DeadLetter,
+    RetentionResult,
+    TelemetryRow,
+    anomaly_row,
+    dead_letter,
+    telemetry_row,
+)
+from .writer import BatchWriter, Isolation, WriterClosed, WriterStats
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "AnomalyRow",
     "BatchWriter",
+    "DeadLetter",
+    "Isolation",
     "RetentionResult",
     "StoreError",
     "TelemetryRow",
@@ -37,6 +47,7 @@ __all__ = [
     "WriterClosed",
     "WriterStats",
     "anomaly_row",
+    "dead_letter",
     "open_store",
     "redact",
     "telemetry_row",

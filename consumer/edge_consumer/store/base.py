@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Optional, TypeVar
 
-from .model import AnomalyRow, RetentionResult, TelemetryRow
+from .model import AnomalyRow, DeadLetter, RetentionResult, TelemetryRow, dead_letter
+from .writer import Isolation
 
 DEFAULT_RETENTION_DAYS = 30
 S = TypeVar("S", bound="TelemetryStore")
@@ -53,6 +54,29 @@ class TelemetryStore(abc.ABC):
         (device_id, seq, ts, sensor, kind)."""
 
     @abc.abstractmethod
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep rows the database refused, each with its error, in the `dead_letters` table
+        of the same store, in one transaction; idempotent on (kind, key). Raises like
+        write_batch: then nothing is kept, and the caller must not acknowledge them."""
+
+    @abc.abstractmethod
+    def read_dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first (they are few: each is a refused row)."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """A trivial query on the writing connection (reconnecting if it was lost); raises
+        when the database does not answer. The writer asks after a failed batch: only a
+        reachable database can have refused a row on its own."""
+
+    def transient(self, error: BaseException) -> bool:
+        """True for an error that says nothing about the rows: the connection, a lock, the
+        disk, the server's resources. The writer holds the batch and retries it; it never
+        dead-letters a row for such an error. Stores refine this; by default only the
+        operating system's errors are."""
+        return isinstance(error, (OSError, MemoryError))
+
+    @abc.abstractmethod
     def recent(self, device_id: str, since_ts: float, limit: int = 1000) -> list[TelemetryRow]:
         """The newest `limit` readings of a device with ts >= since_ts, oldest first."""
 
@@ -76,6 +100,15 @@ class TelemetryStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection; the store cannot be used afterwards."""
+
+    def isolation(self) -> Isolation[TelemetryRow]:
+        """For BatchWriter(store.write_batch, isolation=store.isolation()): a row this store
+        refuses on its own is kept in its dead_letters table, and the rest go on."""
+
+        def keep(refused: Sequence[tuple[TelemetryRow, BaseException]]) -> None:
+            self.write_dead_letters([dead_letter(row, error) for row, error in refused])
+
+        return Isolation(self.ping, self.transient, keep)
 
     def cutoff(self, now: Optional[float] = None) -> float:
         """The ts before which readings are due for removal (-inf without retention)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from ..validation import Telemetry
 
@@ -119,4 +121,70 @@ def telemetry_row(message: Telemetry) -> TelemetryRow:
         smoke=float(data["smoke"]),
         light=bool(data["light"]),
         motion=bool(data["motion"]),
+    )
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+DEAD_TELEMETRY = "telemetry"
+DEAD_ANOMALY = "anomaly"
+DEAD_KINDS = (DEAD_TELEMETRY, DEAD_ANOMALY)
+
+
+class DeadLetter(NamedTuple):
+    """A row the database refused on its own (BatchWriter isolated it), kept with its error in
+    the store's `dead_letters` table instead of stalling every later acknowledgement.
+
+    `key` and `fields` are JSON in ASCII (json.dumps' escapes): any value the consumer held,
+    a NUL, a lone surrogate, an integer beyond 64 bits or a NaN, survives in a text column of
+    either database. recover() gives the row back as the consumer had it.
+    """
+
+    kind: str  # DEAD_TELEMETRY or DEAD_ANOMALY: the table the row was meant for
+    device_id: str  # printable (escaped like the JSON when it is not)
+    key: str  # JSON: [device_id, epoch, seq] of a reading, [device_id, seq, ts, sensor, kind]
+    fields: str  # JSON object: the row's every field, by name
+    error: str  # the database's (or driver's) refusal, one line
+    at: float  # when it was dead-lettered (Unix seconds)
+
+    def recover(self) -> Union[TelemetryRow, AnomalyRow]:
+        """The row as it was refused (for a replay once the cause is fixed)."""
+        values = json.loads(self.fields)
+        if self.kind == DEAD_TELEMETRY:
+            return TelemetryRow(**values)
+        return AnomalyRow(**values)
+
+
+def _ascii(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=True, allow_nan=True)
+
+
+def _printable(text: str) -> str:
+    """text unless a database may refuse it (a NUL, a lone surrogate): then its JSON escape."""
+    if not text.isprintable():  # a NUL, a control character
+        return _ascii(text)[1:-1]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii(text)[1:-1]
+    return text
+
+
+def dead_letter(
+    row: Union[TelemetryRow, AnomalyRow], error: BaseException, at: Optional[float] = None
+) -> DeadLetter:
+    """The dead letter of a refused row, with its error as one printable line."""
+    key: list[Any]
+    if isinstance(row, TelemetryRow):
+        kind, key = DEAD_TELEMETRY, [row.device_id, row.epoch, row.seq]
+    else:
+        kind, key = DEAD_ANOMALY, [row.device_id, row.seq, row.ts, row.sensor, row.kind]
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    return DeadLetter(
+        kind=kind,
+        device_id=_printable(row.device_id),
+        key=_ascii(key),
+        fields=_ascii(row._asdict()),
+        error=_printable(message),
+        at=time.time() if at is None else at,
     )

@@ -44,6 +44,7 @@ from .model import (
     TS_MAX,
     TS_MIN,
     AnomalyRow,
+    DeadLetter,
     RetentionResult,
     TelemetryRow,
     anomaly_params,
@@ -120,6 +121,16 @@ CREATE TABLE IF NOT EXISTS anomalies (
     PRIMARY KEY (device_id, seq, ts, sensor, kind)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS anomalies_device_ts ON anomalies (device_id, ts);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind text NOT NULL,
+    device_id text NOT NULL,
+    row_key text NOT NULL,
+    row_fields text NOT NULL,
+    error text NOT NULL,
+    at double precision NOT NULL,
+    UNIQUE (kind, row_key)
+);
 """
 # Per connection; ON COMMIT DELETE ROWS empties it at each commit (a rollback discards it too).
 _STAGE = f"CREATE TEMP TABLE IF NOT EXISTS telemetry_stage ({_READING_TYPES}) ON COMMIT DELETE ROWS"
@@ -158,6 +169,18 @@ _INSERT_ANOMALY = (
     f"INSERT INTO anomalies ({_ANOMALY_COLS}) VALUES ({', '.join(['%s'] * 8)}) "
     "ON CONFLICT DO NOTHING"
 )
+_DEAD_LETTER_COLS = "kind, device_id, row_key, row_fields, error, at"
+_INSERT_DEAD_LETTER = (
+    f"INSERT INTO dead_letters ({_DEAD_LETTER_COLS}) VALUES ({', '.join(['%s'] * 6)}) "
+    "ON CONFLICT DO NOTHING"
+)
+_DEAD_LETTERS = f"SELECT {_DEAD_LETTER_COLS} FROM dead_letters ORDER BY id"
+# SQLSTATE classes of errors about the database, not the row (the others are mapped to
+# OperationalError, InterfaceError or InternalError by psycopg too): 08 connection, 25
+# transaction state, 40 rollback (serialization, deadlock), 53 resources (disk full, memory),
+# 55 object state (lock_timeout), 57 operator (shutdown, cancel), 58 I/O, XX internal. 54
+# (program limit exceeded, e.g. a row too big for an index) is the row's.
+_ROW_SQLSTATE_CLASSES = ("54",)
 _RECENT = (
     f"SELECT {_COLS} FROM telemetry WHERE device_id = %s AND ts >= %s "
     "ORDER BY ts DESC, epoch DESC, seq DESC LIMIT %s"
@@ -343,6 +366,40 @@ class PostgresStore(TelemetryStore):
 
         self._run(work)
 
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        params = [tuple(letter) for letter in letters]
+
+        def work(conn: Connection) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT_DEAD_LETTER, params)
+
+        self._run(work)
+
+    def read_dead_letters(self) -> list[DeadLetter]:
+        values = self._run(lambda conn: conn.execute(_DEAD_LETTERS).fetchall())
+        return [DeadLetter(*v) for v in values]
+
+    def ping(self) -> None:
+        self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    def transient(self, error: BaseException) -> bool:
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:  # the connection went with it
+                return True
+        if isinstance(error, psycopg.Error):
+            sqlstate = error.sqlstate or ""
+            if sqlstate[:2] in _ROW_SQLSTATE_CLASSES:
+                return False
+            # Integrity (23), data (22), a trigger's RAISE (P0) and the driver's own refusals
+            # of a value (DataError without a SQLSTATE) are the row's.
+            return isinstance(
+                error, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError)
+            )
+        return isinstance(error, (OSError, MemoryError))
+
     # --- reads ----------------------------------------------------------------------------
 
     def recent(self, device_id: str, since_ts: float, limit: int = 1000) -> list[TelemetryRow]:
@@ -399,6 +456,7 @@ class PostgresStore(TelemetryStore):
             # the next reading of that (device, epoch) is checked against the table.
             with conn.transaction():
                 conn.execute("DELETE FROM telemetry_heads WHERE last_ts < %s", (_bound(cutoff),))
+                conn.execute("DELETE FROM dead_letters WHERE at < %s", (cutoff,))
             self._known = None
             return dropped
 

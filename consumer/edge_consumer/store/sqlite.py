@@ -20,11 +20,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 from .base import DEFAULT_RETENTION_DAYS, StoreError, TelemetryStore
-from .model import NO_EPOCH, AnomalyRow, RetentionResult, TelemetryRow, anomaly_params, check_ts
+from .model import (
+    NO_EPOCH,
+    AnomalyRow,
+    DeadLetter,
+    RetentionResult,
+    TelemetryRow,
+    anomaly_params,
+    check_ts,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 1: telemetry and anomalies; 2: dead_letters (added to a version 1 file when it is opened
+# to write; a version 1 file is still read, as by an export).
+SCHEMA_VERSION = 2
 SYNCHRONOUS = ("normal", "full")
 BUSY_TIMEOUT_S = 10.0  # another connection's write (an export, retention) waits, not fails
 READ_CHUNK = 5000
@@ -35,6 +45,7 @@ COLUMNS = (
     "temp, humidity, co, lpg, smoke, light, motion"
 )
 ANOMALY_COLUMNS = "device_id, seq, ts, sensor, kind, value, score, detail"
+DEAD_LETTER_COLUMNS = "kind, device_id, row_key, row_fields, error, at"
 
 # WITHOUT ROWID: the key is the table's own b-tree, no second copy of it. The (device_id, ts,
 # epoch, seq) index serves recent(), read_range()'s keyset pages in order and retention (per
@@ -72,6 +83,16 @@ CREATE TABLE IF NOT EXISTS anomalies (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS anomalies_device_ts ON anomalies (device_id, ts);
 CREATE INDEX IF NOT EXISTS anomalies_ts ON anomalies (ts);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    row_fields TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL,
+    UNIQUE (kind, row_key)
+);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -80,6 +101,11 @@ _INSERT_ANOMALY = (
     f"INSERT INTO anomalies ({ANOMALY_COLUMNS}) VALUES ({', '.join('?' * 8)}) "
     "ON CONFLICT DO NOTHING"
 )
+_INSERT_DEAD_LETTER = (
+    f"INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) VALUES ({', '.join('?' * 6)}) "
+    "ON CONFLICT DO NOTHING"
+)
+_DEAD_LETTERS = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id"
 _RECENT = (
     f"SELECT {COLUMNS} FROM telemetry WHERE device_id = ? AND ts >= ? "
     "ORDER BY ts DESC, epoch DESC, seq DESC LIMIT ?"
@@ -113,6 +139,10 @@ _EXPIRE = (
 _EXPIRE_ANOMALIES = (
     "DELETE FROM anomalies WHERE (device_id, seq, ts, sensor, kind) IN "
     "(SELECT device_id, seq, ts, sensor, kind FROM anomalies WHERE ts < ?2 LIMIT ?3)"
+)
+
+_EXPIRE_DEAD_LETTERS = (
+    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ?2 LIMIT ?3)"
 )
 
 
@@ -196,10 +226,10 @@ class SqliteStore(TelemetryStore):
                     f"SQLite store {self.path} has schema {version}, newer than this "
                     f"edge-fleet's {SCHEMA_VERSION}"
                 )
-            if version < SCHEMA_VERSION:
-                if not create:
-                    raise StoreError(f"{self.path} is not a telemetry store")
-                self._conn.executescript(_SCHEMA)
+            if version == 0 and not create:
+                raise StoreError(f"{self.path} is not a telemetry store")
+            if version < SCHEMA_VERSION and create:
+                self._conn.executescript(_SCHEMA)  # IF NOT EXISTS: adds what is new
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from None
 
@@ -232,6 +262,27 @@ class SqliteStore(TelemetryStore):
     def write_anomalies(self, rows: Sequence[AnomalyRow]) -> None:
         if rows:
             self._write(_INSERT_ANOMALY, [tuple(anomaly_params(r)) for r in rows])
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if letters:
+            self._write(_INSERT_DEAD_LETTER, [tuple(letter) for letter in letters])
+
+    def read_dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return [DeadLetter(*v) for v in self._conn.execute(_DEAD_LETTERS).fetchall()]
+
+    def ping(self) -> None:
+        with self._lock:  # reads the file's schema page: the file is there and readable
+            self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    def transient(self, error: BaseException) -> bool:
+        # A constraint (a CHECK, a trigger's RAISE), a value SQLite cannot bind (an integer
+        # beyond 64 bits, a lone surrogate): the row's. Busy, locked, I/O, a full disk, a
+        # read-only or corrupt file: the database's (OperationalError, DatabaseError).
+        row_errors = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
+        if isinstance(error, row_errors):
+            return False
+        return isinstance(error, (sqlite3.Error, OSError, MemoryError))
 
     def recent(self, device_id: str, since_ts: float, limit: int = 1000) -> list[TelemetryRow]:
         with self._lock:
@@ -282,6 +333,7 @@ class SqliteStore(TelemetryStore):
             devices = [r[0] for r in self._conn.execute(_DEVICES)]
         deleted = sum(self._expire(_EXPIRE, cutoff, device) for device in devices)
         self._expire(_EXPIRE_ANOMALIES, cutoff)
+        self._expire(_EXPIRE_DEAD_LETTERS, cutoff)
         if deleted:
             log.info(
                 "retention: deleted %d readings older than %d days", deleted, self.retention_days

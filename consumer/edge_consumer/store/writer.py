@@ -19,6 +19,19 @@ message, and the store's idempotent insert absorbs the redeliveries.
 On a store error the batch is kept and retried with capped exponential backoff, forever: never
 acked, never dropped. One line is logged when an outage starts and one when it ends.
 
+One bad row must not stop the rest (with `isolation`). A row the database will never accept
+(a constraint, a value it cannot hold) would fail its batch on every retry, and since acks go
+in order, hold back every later acknowledgement until the broker's queue overflows. So when a
+batch fails with an error that is not transient (Isolation.transient: not the connection, a
+lock, the disk) and the database answers a probe (Isolation.probe), the writer splits the
+batch in halves and writes each, down to the single rows that fail alone: those are handed
+to Isolation.dead_letter with their errors (the store keeps them in its dead_letters table),
+and then every row of the batch is acknowledged, in put order: stored or dead-lettered,
+each is kept. Bisection finds k bad rows of n in about 2k*log2(n) small transactions instead
+of n. Anything that goes wrong meanwhile (a transient error, a failed probe, the dead letters
+not kept) is an outage as above: the whole batch is retried later, its committed rows being
+skipped as duplicates then.
+
 Backpressure. The queue holds at most `queue_rows` rows besides the batch being written; put()
 blocks while it is full. That stalls the MQTT thread, which stops reading its socket, and
 since nothing is acknowledged meanwhile the broker's in-flight window for this client (MQTT 5
@@ -50,11 +63,21 @@ from typing import Callable, Generic, Optional, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEAD_LETTERS_LOGGED = 5  # per batch; the metric counts them all
 Ack = Callable[[], None]
 
 
 class WriterClosed(RuntimeError):
     """put() after close() or abandon()."""
+
+
+@dataclass(frozen=True)
+class Isolation(Generic[T]):
+    """What the writer needs to tell one bad row from an outage (see the module docstring)."""
+
+    probe: Callable[[], None]  # raises unless the database answers now
+    transient: Callable[[BaseException], bool]  # True: about the database, not the row
+    dead_letter: Callable[[Sequence[tuple[T, BaseException]]], None]  # keep, or raise
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,7 @@ class WriterStats:
     queued: int  # rows waiting, not counting the batch being written
     in_outage: bool
     last_error: Optional[str]
+    dead_letters: int = 0  # rows the database refused alone, kept as dead letters and acked
 
 
 class BatchWriter(Generic[T]):
@@ -87,12 +111,14 @@ class BatchWriter(Generic[T]):
         retry_initial: float = 0.1,
         retry_max: float = 10.0,
         name: str = "telemetry-writer",
+        isolation: Optional[Isolation[T]] = None,
     ) -> None:
         if batch_rows < 1 or queue_rows < 1 or min(batch_delay, batch_idle) < 0:
             raise ValueError("batch_rows and queue_rows must be >= 1, delays >= 0")
         if retry_initial <= 0:
             raise ValueError("retry_initial must be positive")
         self._write = write
+        self.isolation = isolation
         self.batch_rows = batch_rows
         self.batch_delay = batch_delay
         self.batch_idle = batch_idle
@@ -115,6 +141,7 @@ class BatchWriter(Generic[T]):
         self._outages = 0
         self._in_outage = False
         self._last_error: Optional[str] = None
+        self._dead_letters = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # --- producer side --------------------------------------------------------------------
@@ -193,6 +220,7 @@ class BatchWriter(Generic[T]):
                 len(self._items),
                 self._in_outage,
                 self._last_error,
+                self._dead_letters,
             )
 
     # --- the writer thread ----------------------------------------------------------------
@@ -223,17 +251,23 @@ class BatchWriter(Generic[T]):
             return batch
 
     def _commit(self, rows: list[T]) -> bool:
-        """Write until it succeeds; False if abandoned first."""
+        """Write until it succeeds (some rows perhaps dead-lettered); False if abandoned first."""
         attempt = 0
         started = time.monotonic()
         while not self._abandoned.is_set():
             try:
                 self._write(rows)
             except Exception as e:
+                error: Exception = e
+                try:
+                    if self._isolate(rows, e):
+                        break
+                except Exception as during:  # transient, unreachable, or not kept: an outage
+                    error = during
                 attempt += 1
                 with self._lock:
                     self._failures += 1
-                    self._last_error = f"{type(e).__name__}: {e}".strip()
+                    self._last_error = f"{type(error).__name__}: {error}".strip()
                     first = not self._in_outage
                     if first:
                         self._in_outage = True
@@ -248,16 +282,66 @@ class BatchWriter(Generic[T]):
                 delay = min(self.retry_max, self.retry_initial * 2 ** min(attempt - 1, 30))
                 self._abandoned.wait(delay * random.uniform(0.5, 1.0))  # jitter
                 continue
-            with self._lock:
-                was_out, self._in_outage = self._in_outage, False
-            if was_out:
-                log.warning(
-                    "telemetry store writes succeed again (retried %d times, %.1f s)",
-                    attempt,
-                    time.monotonic() - started,
-                )
-            return True
-        return False
+            break
+        else:
+            return False
+        with self._lock:
+            was_out, self._in_outage = self._in_outage, False
+        if was_out:
+            log.warning(
+                "telemetry store writes succeed again (retried %d times, %.1f s)",
+                attempt,
+                time.monotonic() - started,
+            )
+        return True
+
+    def _isolate(self, rows: list[T], error: Exception) -> bool:
+        """After `rows` failed with `error`: False if that is an outage (no isolation, a
+        transient error). Otherwise write the rows that the database accepts, dead-letter
+        those it refuses alone, and return True; raise if that cannot be done now."""
+        iso = self.isolation
+        if iso is None or iso.transient(error):
+            return False
+        iso.probe()  # raises when unreachable: an outage after all
+        refused: list[tuple[T, BaseException]] = []
+        self._bisect(rows, error, refused)
+        if self._abandoned.is_set():
+            raise WriterClosed("abandoned while isolating a bad row")
+        iso.dead_letter(refused)
+        with self._lock:
+            self._dead_letters += len(refused)
+            self._failures += 1  # the batch's own failed attempt
+            self._last_error = f"{type(error).__name__}: {error}".strip()
+        for row, why in refused[:DEAD_LETTERS_LOGGED]:
+            log.error(
+                "the telemetry store refused a row on its own; kept as a dead letter and "
+                "acknowledged: %s: %s (%r)",
+                type(why).__name__,
+                str(why).strip().splitlines()[0] if str(why).strip() else "",
+                row,
+            )
+        if len(refused) > DEAD_LETTERS_LOGGED:
+            log.error("... and %d more dead letters", len(refused) - DEAD_LETTERS_LOGGED)
+        return True
+
+    def _bisect(
+        self, rows: list[T], error: Exception, refused: list[tuple[T, BaseException]]
+    ) -> None:
+        """rows failed together with error: write each half; a single row failing is refused."""
+        assert self.isolation is not None
+        if len(rows) == 1:
+            refused.append((rows[0], error))
+            return
+        middle = len(rows) // 2
+        for half in (rows[:middle], rows[middle:]):
+            if self._abandoned.is_set():
+                return
+            try:
+                self._write(half)
+            except Exception as e:
+                if self.isolation.transient(e):
+                    raise
+                self._bisect(half, e, refused)
 
     def _run(self) -> None:
         while True:
