@@ -130,6 +130,12 @@ class FleetCollector(Collector):
             "Valid readings no store can hold (timestamp outside 1970..2100).",
             ingest.rejected,
         )
+        yield CounterMetricFamily(
+            f"{NS}_store_dead_letters_total",
+            "Rows the telemetry store refused on their own (a constraint, a value it cannot"
+            " hold), kept in its dead_letters table with their error and acknowledged.",
+            stats.dead_letters,
+        )
 
     def _devices(self, devices: list[DeviceStats], online: list[bool]) -> Iterator[Metric]:
         mon = self.monitor

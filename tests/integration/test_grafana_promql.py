@@ -396,7 +396,7 @@ def test_every_dashboard_query_returns_data(monitored_fleet: MonitoredFleet) -> 
     assert sorted(r["name"] for g in rules for r in g["rules"]) == [
         "EdgeAgentOverflowIncreasing", "EdgeBrokerUnreachable",
         "EdgeDeviceGapsIncreasing", "EdgeDeviceSilent", "EdgeSensorAnomaly",
-        "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting",
+        "EdgeTelemetryStoreDeadLetters", "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting",
     ]  # fmt: skip
     alert = prom.wait_for_alert(
         "EdgeSensorAnomaly", timeout=30, device_id=ANOMALOUS, kind="impossible"

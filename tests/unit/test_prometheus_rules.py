@@ -33,9 +33,15 @@ ALERTS = {
     "EdgeSensorAnomaly",
     "EdgeTelemetryStoreDown",
     "EdgeTelemetryStoreRejecting",
+    "EdgeTelemetryStoreDeadLetters",
 }
 # Alerts on the consumer as a whole (its instance), not on one device.
-CONSUMER_ALERTS = {"EdgeBrokerUnreachable", "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting"}
+CONSUMER_ALERTS = {
+    "EdgeBrokerUnreachable",
+    "EdgeTelemetryStoreDown",
+    "EdgeTelemetryStoreRejecting",
+    "EdgeTelemetryStoreDeadLetters",
+}
 # What monitoring/tests/edge-fleet.rules.test.yml was written for (its header says the same).
 TESTED_VARS = {
     "prometheus_device_interval_seconds": 5,
@@ -48,6 +54,7 @@ TESTED_VARS = {
     "prometheus_alert_anomaly_exclude_kinds": ["dropout"],
     "prometheus_alert_store_for": "1m",
     "prometheus_alert_store_rejected_for": "0s",
+    "prometheus_alert_store_dead_letters_for": "0s",
     "prometheus_alert_increase_window": "5m",
     "prometheus_consumer_job_name": "edge-consumer",
 }
@@ -57,6 +64,7 @@ TESTED_FOR = {
     "EdgeSensorAnomaly": "0s",
     "EdgeTelemetryStoreDown": "1m",
     "EdgeTelemetryStoreRejecting": "0s",
+    "EdgeTelemetryStoreDeadLetters": "0s",
 }
 # Other values, to see the rules and the config follow the variables.
 CUSTOM_VARS = {
@@ -68,6 +76,7 @@ CUSTOM_VARS = {
     "prometheus_alert_anomaly_exclude_kinds": ["dropout", "stuck"],
     "prometheus_alert_store_for": "5m",
     "prometheus_alert_store_rejected_for": "1m",
+    "prometheus_alert_store_dead_letters_for": "2m",
     "prometheus_consumer_job_name": "monitor",
     "prometheus_consumer_targets": ["mon-1:9100", "mon-2:9100"],
     "prometheus_listen_address": "10.0.0.5:9091",
@@ -223,6 +232,9 @@ def test_the_alerts_have_severity_and_name_the_device(
         by_name["EdgeTelemetryStoreRejecting"]["expr"]
         == "increase(edge_fleet_store_rejected_total[5m]) > 0"
     )
+    dead = by_name["EdgeTelemetryStoreDeadLetters"]
+    assert dead["expr"] == "increase(edge_fleet_store_dead_letters_total[5m]) > 0"
+    assert dead["labels"]["severity"] == "warning"
 
 
 def test_thresholds_follow_the_role_variables(rendered: dict[str, dict[str, Path]]) -> None:
@@ -242,6 +254,8 @@ def test_thresholds_follow_the_role_variables(rendered: dict[str, dict[str, Path
     assert rules["EdgeTelemetryStoreDown"]["for"] == "5m"
     assert "edge_fleet_store_rejected_total[2m]" in rules["EdgeTelemetryStoreRejecting"]["expr"]
     assert rules["EdgeTelemetryStoreRejecting"]["for"] == "1m"
+    dead = rules["EdgeTelemetryStoreDeadLetters"]
+    assert "edge_fleet_store_dead_letters_total[2m]" in dead["expr"] and dead["for"] == "2m"
     # No kind left out: no matcher at all, and the rules still pass promtool.
     all_kinds = rendered["all_kinds"]["rules"]
     anomaly = next(r for r in load_rules(all_kinds) if r["alert"] == "EdgeSensorAnomaly")
