@@ -6,24 +6,32 @@ started again; in another test PostgreSQL itself is killed and restarted. Afterw
 reading the agents published is in the store exactly once: each device's seqs are 0..last
 without a hole, and no key appears twice. A subscriber of its own (conftest.Collector) shows
 what the broker delivered, so a hole could not hide behind an agent that never sent it.
+
+One bad row never stops the fleet: a valid reading that neither database can hold (seq 2**63)
+is kept as a dead letter, and every other reading is stored and acknowledged.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from conftest import Broker, Collector
+from edge_agent import protocol
 from monitor_helpers import start_agent
 from postgres_fixture import PostgresCluster, pg_bindir
 from support.polling import wait_until
+from support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +212,105 @@ def test_postgresql_killed_and_restarted_mid_flood_loses_nothing(
     log = consumer.log.read_text()
     assert "telemetry store unavailable" in log and "succeed again" in log, log[-2000:]
     assert consumer.stop() == 0
+
+
+# --- one bad row never stops the fleet ----------------------------------------------------------
+
+TOO_BIG = 2**63  # validation takes any seq >= 0; neither database holds it
+GOOD, BAD = "02:00:00:00:13:01", "02:00:00:00:13:ff"
+READINGS = 300
+
+
+def payload(device_id: str, seq: int) -> bytes:
+    data = {"co": 0.005, "humidity": 51.0, "light": False, "lpg": 0.007, "motion": False,
+            "smoke": 0.02, "temp": 22.5}  # fmt: skip
+    return protocol.telemetry(device_id, f"pi-{device_id[-2:]}", time.time(), seq, data, epoch=9)
+
+
+def publish(broker: Broker, messages: list[tuple[str, bytes]]) -> None:
+    """QoS 1, each confirmed by the broker (PUBACK) before the next goes."""
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id="it-store-publisher",
+        protocol=mqtt.MQTTv5,
+    )
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for device_id, body in messages:
+            client.publish(protocol.telemetry_topic(device_id), body, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def dead_letters(url: str) -> list[tuple[str, str, str]]:
+    sql = "SELECT kind, row_key, error FROM dead_letters ORDER BY id"
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite://")) as conn:
+            return [tuple(r) for r in conn.execute(sql)]  # type: ignore[misc]
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=3) as conn:
+        return [tuple(r) for r in conn.execute(sql)]  # type: ignore[misc]
+
+
+def scrape(port: int, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not exported")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_reading_no_store_can_hold_is_dead_lettered_and_every_other_stored_and_acked(
+    kind: str, mosquitto: Broker, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "sqlite":
+        url, fresh = f"sqlite:///{tmp_path}/telemetry.db", f"sqlite:///{tmp_path}/fresh.db"
+    else:
+        cluster = request.getfixturevalue("cluster")
+        url, fresh = cluster.create_database("dead_letters"), cluster.create_database("fresh")
+    consumer = Consumer(mosquitto, tmp_path, url)
+    port = free_port()
+    consumer.cmd += ["--http-port", str(port)]
+    consumer.start()
+    rows = Rows(url)
+    try:
+        assert wait_until(lambda: "connected to" in consumer.log.read_text(), 30, 0.1)
+        # The bad reading amid the good ones: without dead letters its batch would fail on
+        # every retry and no acknowledgement after it would ever go.
+        messages = [(GOOD, payload(GOOD, seq)) for seq in range(READINGS)]
+        messages.insert(READINGS // 2, (BAD, payload(BAD, TOO_BIG)))
+        publish(mosquitto, messages)
+        assert wait_until(lambda: rows.count() >= READINGS, 30, 0.2), consumer.log.read_text()
+        assert sorted(rows.keys()) == [(GOOD, 9, seq) for seq in range(READINGS)]
+        letters = [d for d in dead_letters(url) if d[0] == "telemetry"]
+        assert [d[:2] for d in letters] == [("telemetry", json.dumps([BAD, 9, TOO_BIG]))]
+        assert "OverflowError" in letters[0][2], letters
+        assert wait_until(lambda: scrape(port, "edge_fleet_store_queue_rows") == 0, 10, 0.1)
+        assert scrape(port, "edge_fleet_store_dead_letters_total") >= 1
+        assert scrape(port, "edge_fleet_store_up") == 1
+        assert "kept as a dead letter and acknowledged" in consumer.log.read_text()
+        time.sleep(1)  # the acks of the last batch leave the socket
+        consumer.stop(signal.SIGKILL)  # no shutdown flush: only acks already sent count
+    finally:
+        if consumer.proc.poll() is None:
+            consumer.stop(signal.SIGKILL)
+
+    # Acknowledged: the same session, resumed into an empty store, gets nothing redelivered.
+    again = Consumer(mosquitto, tmp_path, fresh)  # logs to the same file
+    connects = again.log.read_text().count("connected to")
+    again.start()
+    try:
+        assert wait_until(lambda: again.log.read_text().count("connected to") > connects, 30, 0.1)
+        time.sleep(3)  # the broker resends unacknowledged messages at once on reconnect
+        assert Rows(fresh).count() == 0, "a message was never acknowledged"
+        assert dead_letters(fresh) == []
+    finally:
+        assert again.stop() == 0
