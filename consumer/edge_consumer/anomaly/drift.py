@@ -36,12 +36,18 @@ Natural change is what limits the first way: on the replica, once the scale is l
 is 7. A drift smaller than that many times the sensor's usual change over ~100 readings
 cannot be told from the weather from one sensor's own history until it ends.
 
+Where swings that big are the rule (a daily load), a drift on the way out is reported only
+when d / scale beats the recent drifts' (recur.py); one that does not is an episode all the
+same (the baseline frozen, released as usual), only not reported.
+
 Constant memory (a few floats) and a few float operations per reading.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+from .recur import Recurrence
 
 _NAN = float("nan")
 _FIRST, _SNAP, _RESUMED = 1, 2, 3  # DriftDetector._mode: what the next reading is
@@ -59,6 +65,7 @@ class DriftDetector:
         "_pending",
         "_prev",
         "_ramp",
+        "_recur",
         "active",
         "away",
         "confirm",
@@ -126,6 +133,7 @@ class DriftDetector:
         self._from = 0.0  # the level it jumped from
         self._left = 0  # readings still to confirm it
         self._mode = _FIRST
+        self._recur = Recurrence()
 
     def resume(self) -> None:
         """After readings that were not the sensor's (a stuck episode): the change since is
@@ -182,7 +190,10 @@ class DriftDetector:
             and not self._pending
             and a > limit * (1.0 + self.tau / n) ** 0.5
         ):
-            self.active = self.fired = True
+            size = a / scale
+            self.active = True
+            self.fired = size > self._recur.bar(n)
+            self._recur.note(n, size)
             self.returned = False
             self.up = d > 0.0
             self.since = n

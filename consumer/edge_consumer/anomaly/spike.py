@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
+from .recur import Recurrence
+
 MAD_NORMAL = 1.4826  # MAD -> standard deviation for normal noise
 REFRESH = 8  # readings between scale updates: one reading moves the steps' median little
 
@@ -35,7 +37,9 @@ class SpikeDetector:
         "_last",
         "_limit",
         "_mid",
+        "_n",
         "_recent",
+        "_recur",
         "_refresh",
         "_scale",
         "back",
@@ -82,6 +86,8 @@ class SpikeDetector:
         self.first_ts = 0.0
         self.peak = 0.0  # the excursion's farthest value (as observed) and its z
         self.peak_z = 0.0
+        self._n = 0  # readings seen
+        self._recur = Recurrence()
 
     def _rescale(self) -> None:
         self._refresh = REFRESH
@@ -114,6 +120,7 @@ class SpikeDetector:
         """Feed one reading (x: the detector's scale, raw: as reported); returns the value
         to pass on (the old level while an excursion is open). Sets `fired`."""
         self.fired = False
+        self._n += 1
         if self.n_open:
             return self._open(x, raw)
         level = sorted(self._recent)[self._mid] if self._scale else x
@@ -134,7 +141,7 @@ class SpikeDetector:
     def _open(self, x: float, raw: float) -> float:
         dev = abs(x - self.level)
         if dev < self.back * self.threshold * self.scale:
-            self.fired = True  # it came back: the excursion was a spike
+            self.fired = self._news()  # it came back: the excursion was a spike
             self.n_open = 0
             self._feed(x)
             return x
@@ -148,6 +155,13 @@ class SpikeDetector:
         self.restart()
         self._feed(x)
         return x
+
+    def _news(self) -> bool:
+        """A spike confirmed: whether it is news against the recent ones."""
+        z = self.peak_z
+        news = z > self._recur.bar(self._n)
+        self._recur.note(self._n, z)
+        return news
 
     @property
     def last(self) -> float:

@@ -14,11 +14,17 @@ the normal run is learned online per device and sensor, two ways, and the larger
 At least `min_run` (3) readings: a value seen twice in a row is never news. Nothing is
 reported in the first `warmup` readings. One alarm per run: it is re-armed when the value
 changes, and a run that raised an alarm is learned neither as normal nor into p.
+
+Where long runs are the rule (a disk counter at 0 for hours, a square wave), a run is
+reported only when it is longer than the recent over-threshold runs (recur.py); a run over
+the threshold that was not reported is learned as normal when it ends.
 """
 
 from __future__ import annotations
 
 import math
+
+from .recur import Recurrence
 
 DECAY = 0.999
 ALPHA = 1e-5
@@ -29,6 +35,8 @@ class StuckDetector:
     __slots__ = (
         "_a",
         "_last",
+        "_over",
+        "_recur",
         "_seen",
         "active",
         "factor",
@@ -55,6 +63,8 @@ class StuckDetector:
         self.run = 0  # readings in the current run of equal values
         self.run_seq = 0  # seq of its first reading
         self.active = False  # the current run raised an alarm
+        self._over = False  # the current run passed the threshold
+        self._recur = Recurrence()
         self.fired = False
 
     @property
@@ -77,8 +87,13 @@ class StuckDetector:
                 and seen > self.warmup
                 and run >= self.threshold
             ):
-                self.active = self.fired = True
+                self._over = True
+                if run > self._recur.bar(seen):
+                    self.active = self.fired = True
             return
+        if self._over:
+            self._over = False
+            self._recur.note(seen, float(self.run))
         if self.active:
             self.active = False
         elif self.run:
