@@ -133,7 +133,7 @@ class DriftDetector:
         self._from = 0.0  # the level it jumped from
         self._left = 0  # readings still to confirm it
         self._mode = _FIRST
-        self._recur = Recurrence()
+        self._recur = Recurrence(2.0)
 
     def resume(self) -> None:
         """After readings that were not the sensor's (a stuck episode): the change since is

@@ -64,7 +64,7 @@ class StuckDetector:
         self.run_seq = 0  # seq of its first reading
         self.active = False  # the current run raised an alarm
         self._over = False  # the current run passed the threshold
-        self._recur = Recurrence()
+        self._recur = Recurrence(3.0)
         self.fired = False
 
     @property
