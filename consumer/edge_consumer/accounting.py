@@ -158,6 +158,7 @@ class DeviceStats:
         "seqs",
         "status",
         "status_changes",
+        "stopped_at",
         "valid",
     )
 
@@ -177,6 +178,9 @@ class DeviceStats:
         self.latency = Histogram()
         self.status: Optional[str] = None  # online/offline from the retained status topic
         self.status_changes = 0
+        # When a live (not retained) `offline` last came: a clean stop says so at once, a will
+        # only after the broker's keepalive timeout (dropouts.py tells them apart).
+        self.stopped_at: Optional[float] = None
         self.onlines = 0
         self.agent_overflow: Optional[int] = None  # latest stats.* the agent reported
         self.agent_reconnects: Optional[int] = None
@@ -298,8 +302,11 @@ class Accounting:
             self.recorder(t.device_id, now, t.data)
         return t
 
-    def handle_status(self, topic: str, payload: bytes, now: float) -> Optional[str]:
-        """Account for a status message; returns online/offline, or None when ignored."""
+    def handle_status(
+        self, topic: str, payload: bytes, now: float, retained: bool = False
+    ) -> Optional[str]:
+        """Account for a status message; returns online/offline, or None when ignored.
+        A retained one is the state when we subscribed, not news: it sets no stop time."""
         device_id = device_from_topic(topic, self.status_prefix)
         if device_id is None:
             self.bad_status += 1
@@ -319,6 +326,8 @@ class Accounting:
         dev.status = status
         if status == STATUS_ONLINE:
             dev.onlines += 1
+        elif not retained:
+            dev.stopped_at = now
         return status
 
     # -- totals ---------------------------------------------------------------------------

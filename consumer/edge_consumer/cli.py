@@ -22,6 +22,7 @@ from edge_agent.config import ConfigError
 
 from .accounting import Accounting
 from .config import PROG, ConsumerConfig, load_config
+from .dropouts import DropoutJudge
 from .fleetcheck import CheckResult, evaluate
 from .ingest import Ingest
 from .monitor import BrokerStats
@@ -90,6 +91,11 @@ def run(config: ConsumerConfig) -> int:
     if ingest is not None and config.anomalies:
         client = sub.client
         ingest.publish = lambda topic, payload: client.publish(topic, payload, qos=1)
+        # A device the fleet no longer lists (scaled down) is not a dropout when it stops.
+        listed = config.device_info
+        ingest.judge = DropoutJudge(
+            acc.devices, fleet=(lambda device_id: device_id in listed) if listed else None
+        )
     stop = threading.Event()
     stop_reason = ""
 

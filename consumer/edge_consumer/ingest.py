@@ -24,6 +24,7 @@ from edge_agent.protocol import anomaly_topic
 
 from .anomaly import Anomaly
 from .anomaly.worker import DetectorProcess, InlineDetector
+from .dropouts import DropoutJudge, FleetEvent
 from .store import (
     AnomalyRow,
     BatchWriter,
@@ -47,6 +48,7 @@ Publish = Callable[[str, str], object]  # topic, JSON payload
 RETENTION_EVERY = 3600.0  # s between retention passes
 SILENCE_EVERY = 1.0  # s between checks for silent devices
 RECENT_ANOMALIES = 500  # findings the dashboard can list
+RECENT_FLEET_EVENTS = 100
 
 
 class _Item(NamedTuple):
@@ -93,6 +95,10 @@ class Ingest:
         self.publish = publish
         self.anomaly_prefix = anomaly_prefix
         self.anomalies = AnomalyLog()
+        # Set by the service once Accounting exists: which dropouts are the devices' own.
+        self.judge: Optional[DropoutJudge] = None
+        self.fleet_events: Counter[str] = Counter()  # cause -> fleet-level silences
+        self.recent_fleet_events: deque[FleetEvent] = deque(maxlen=RECENT_FLEET_EVENTS)
         self.rejected = 0  # valid readings a store cannot hold (timestamp out of range)
         self.stored = 0  # readings committed (those already stored count again)
         self._next_retention = time.monotonic()  # the first pass at start-up
@@ -178,6 +184,12 @@ class Ingest:
             if silence_due:
                 self._next_silence = time.monotonic() + SILENCE_EVERY
             found = self.detector.pump(now if silence_due else None)
+            if self.judge is not None:
+                found = self.judge.judge(found, now, connected)
+                for event in self.judge.take_events():
+                    self.fleet_events[event.cause] += 1
+                    self.recent_fleet_events.append(event)
+                    log.warning("fleet-level silence (%s): %s", event.cause, event.detail)
             for anomaly in found:
                 self._report(anomaly)
             if found and self.writer is not None:

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .accounting import DeviceStats, Histogram, bucket_upper
+from .dropouts import FLEET_SILENCE_CAUSES
 from .monitor import Monitor
 from .validation import REASONS
 
@@ -105,6 +106,22 @@ class FleetCollector(Collector):
                 f"{NS}_anomaly_readings_skipped_total",
                 "Readings not judged by the detectors because they were behind (a flood).",
                 ingest.detector.skipped,
+            )
+            silences = CounterMetricFamily(
+                f"{NS}_silences_total",
+                "Fleet-level silences: many devices silent at once, reported once instead of a"
+                " dropout each, by likely cause (consumer_stall, consumer_disconnected, upstream).",
+                labels=("cause",),
+            )
+            for cause in FLEET_SILENCE_CAUSES:  # every cause from 0, so increase() sees the first
+                silences.add_metric([cause], ingest.fleet_events.get(cause, 0))
+            yield silences
+            judge = ingest.judge
+            yield GaugeMetricFamily(
+                f"{NS}_devices_restarting",
+                "Devices that stopped cleanly (a planned restart) and are expected back: held,"
+                " not reported as dropouts unless they stay away.",
+                len(judge.restarting) if judge is not None else 0,
             )
         stats = ingest.writer_stats()
         if stats is None:

@@ -183,7 +183,7 @@ class Subscriber:
             # ack[0] is cleared once something has taken charge of it.
             now = clock()
             if topic is not None and topic.startswith(status_prefix):
-                state = handle_status(topic, payload, now)
+                state = handle_status(topic, payload, now, retained)
                 if state is not None and sinks[1] is not None:
                     try:
                         sinks[1](topic[len(status_prefix) :], state, retained, now)

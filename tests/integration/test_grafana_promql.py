@@ -395,7 +395,7 @@ def test_every_dashboard_query_returns_data(monitored_fleet: MonitoredFleet) -> 
     rules = prom.api("rules")["groups"]
     assert sorted(r["name"] for g in rules for r in g["rules"]) == [
         "EdgeAgentOverflowIncreasing", "EdgeBrokerUnreachable",
-        "EdgeDeviceGapsIncreasing", "EdgeDeviceSilent", "EdgeSensorAnomaly",
+        "EdgeDeviceGapsIncreasing", "EdgeDeviceSilent", "EdgeFleetSilence", "EdgeSensorAnomaly",
         "EdgeTelemetryStoreDeadLetters", "EdgeTelemetryStoreDown", "EdgeTelemetryStoreRejecting",
     ]  # fmt: skip
     alert = prom.wait_for_alert(

@@ -34,6 +34,7 @@ ALERTS = {
     "EdgeTelemetryStoreDown",
     "EdgeTelemetryStoreRejecting",
     "EdgeTelemetryStoreDeadLetters",
+    "EdgeFleetSilence",
 }
 # Alerts on the consumer as a whole (its instance), not on one device.
 CONSUMER_ALERTS = {
@@ -41,6 +42,7 @@ CONSUMER_ALERTS = {
     "EdgeTelemetryStoreDown",
     "EdgeTelemetryStoreRejecting",
     "EdgeTelemetryStoreDeadLetters",
+    "EdgeFleetSilence",
 }
 # What monitoring/tests/edge-fleet.rules.test.yml was written for (its header says the same).
 TESTED_VARS = {
@@ -55,6 +57,7 @@ TESTED_VARS = {
     "prometheus_alert_store_for": "1m",
     "prometheus_alert_store_rejected_for": "0s",
     "prometheus_alert_store_dead_letters_for": "0s",
+    "prometheus_alert_fleet_silence_for": "0s",
     "prometheus_alert_increase_window": "5m",
     "prometheus_consumer_job_name": "edge-consumer",
 }
@@ -65,6 +68,7 @@ TESTED_FOR = {
     "EdgeTelemetryStoreDown": "1m",
     "EdgeTelemetryStoreRejecting": "0s",
     "EdgeTelemetryStoreDeadLetters": "0s",
+    "EdgeFleetSilence": "0s",
 }
 # Other values, to see the rules and the config follow the variables.
 CUSTOM_VARS = {
