@@ -229,7 +229,7 @@ def test_network_cut_delivers_the_backlog(fleet: Fleet) -> None:
     target = device(5)
     fleet.open_window()
     reconnected = cut_network(target, NETWORK_CUT)
-    assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
+    assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 120, POLL)
     back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
     fleet.wait_caught_up(time.time())
     window = fleet.close_window(f"network cut {NETWORK_CUT:g} s", back)
@@ -253,7 +253,7 @@ def test_network_cut_beyond_the_queue_counts_every_lost_reading(fleet: Fleet) ->
         fleet.open_window()
         overflow_before = fleet.watch.snapshot()[mac].overflow
         reconnected = cut_network(target, OVERFLOW_CUT)
-        assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 60, POLL)
+        assert wait_until(lambda: target in broker_log(BROKER, reconnected).connects, 120, POLL)
         back = reconnect_times(broker_log(BROKER, reconnected), [target], reconnected)[target]
         fleet.wait_caught_up(time.time())
         dropped = fleet.watch.snapshot()[mac].overflow - overflow_before

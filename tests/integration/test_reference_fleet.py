@@ -1,6 +1,6 @@
 """The reference fleet: one emulated fleet, deployed once, taken through ordered phases.
 
-8 devices packed 3 per host on 3 hosts (3, 3, 2), with the monitor, TLS and authentication,
+12 devices packed 4 per host on 3 hosts, with the monitor, TLS and authentication,
 all deployed by the real `site.yml`. The phases run in this order, each a group of tests:
 
   deploy      from nothing to every device verified, the layout as planned
@@ -12,7 +12,12 @@ all deployed by the real `site.yml`. The phases run in this order, each a group 
   agent_kill  a killed agent restarts alone and loses no reading
   mtls        switching on mutual TLS restarts every agent once, by request; clients need certs
   agent_config  bad agent settings stop the service with one message, never a crash loop
-  scale_down  8 -> 5 removes exactly devices 6-8, their files, users and the emptied host
+  disruptions a mosquitto restart, an edge-consumer restart, the monitor frozen for 20 s
+  device_fault one agent frozen (SIGSTOP) for 30 s: a real fault
+  alarms      after all of that, the monitor's store holds no device anomaly but the dataset's
+              impossible values and the device_fault's one dropout, and each disruption
+              raised at most one fleet-level silence
+  scale_down  12 -> 7 removes exactly devices 8-12, their files, users and the emptied host
   teardown    nothing of the fleet is left
 
 A phase that fails names itself (support.phases); the phases that need it are skipped, with
@@ -73,9 +78,9 @@ pytestmark = pytest.mark.fleet
 NAME = "edge-ref"
 BROKER = f"{NAME}-broker"
 MONITOR = f"{NAME}-monitor"
-DEVICES = 8
-PER_HOST = 3
-SMALLER = 5
+DEVICES = 12
+PER_HOST = 4
+SMALLER = 7
 INTERVAL = 1.0  # s between readings
 
 
@@ -95,7 +100,8 @@ def planned(count: int) -> dict[str, list[str]]:
     return hosts
 
 
-EXPECTED = planned(DEVICES)  # host 1: devices 1-3, host 2: 4-6, host 3: 7-8
+EXPECTED = planned(DEVICES)  # host 1: devices 1-4, host 2: 5-8, host 3: 9-12
+REMOVED_FROM_HOST_2 = device(SMALLER + 1)  # scale-down takes it off host 2, which stays
 
 
 @dataclass
@@ -109,6 +115,7 @@ class ReferenceFleet(WatchedFleet):
     settings: list[str] = field(default_factory=list)  # -e settings that later phases keep
     deployed: Optional[PlaybookRun] = None
     layout: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    disruptions: int = 0  # of the fleet's own infrastructure, each at most one fleet event
 
     def site(
         self, count: int = DEVICES, *extra: str, env: Optional[dict[str, str]] = None
@@ -132,7 +139,7 @@ class ReferenceFleet(WatchedFleet):
         ca = options.pop("ca", self.ca)
         return MqttClient(port, ca, user, password, **options)
 
-    def publishers(self, expected: set[str]) -> set[str]:
+    def publishers(self, expected: set[str], timeout: float = 10 * INTERVAL) -> set[str]:
         """The devices (names) the consumer hears on iot/telemetry/+ once it has heard every
         expected one and then one more interval, in which an unexpected one would speak too."""
         consumer = self.client("consumer", cert=self.consumer_cert())
@@ -142,7 +149,7 @@ class ReferenceFleet(WatchedFleet):
         def names() -> set[str]:
             return {json.loads(p)["device_name"] for _t, p in list(consumer.received)}
 
-        heard_all = wait_until(lambda: expected <= names(), 10 * INTERVAL)
+        heard_all = wait_until(lambda: expected <= names(), timeout)
         if heard_all:
             subscribed = time.time()
             wait_until(lambda: heard_since(consumer, subscribed), 10 * INTERVAL)
@@ -547,6 +554,7 @@ def test_switching_on_mutual_tls_restarts_each_agent_once_by_request(
     before = {d: unit_show(h, d, "InvocationID") for h, ds in EXPECTED.items() for d in ds}
     started = time.time()
     fleet.settings = ["-e", "fleet_mqtt_mtls=true"]
+    fleet.disruptions += 1  # mosquitto restarts with its new listener
     run = fleet.site()
     assert run.rc == 0, run.failures()
     assert f"fleet check met: {DEVICES} of {DEVICES}" in run.output
@@ -651,6 +659,94 @@ def test_agent_config_error_stops_the_service_without_a_crash_loop(
     await_condition(lambda: state()["ActiveState"] == "active", 30, f"{unit} did not come back")
 
 
+# --- disruptions that are no device's fault ---------------------------------------------------
+
+
+def consumer_up() -> bool:
+    return on(MONITOR, "systemctl is-active edge-consumer || true").strip() == "active"
+
+
+@pytest.mark.phase("disruptions", needs=("deploy",))
+def test_the_fleet_rides_out_a_mosquitto_restart(fleet: ReferenceFleet) -> None:
+    fleet.disruptions += 1
+    on(BROKER, "systemctl restart mosquitto")
+    assert fleet.publishers(set(fleet.ids), timeout=60) == set(fleet.ids)
+
+
+@pytest.mark.phase("disruptions", needs=("deploy",))
+def test_the_fleet_rides_out_an_edge_consumer_restart(fleet: ReferenceFleet) -> None:
+    fleet.disruptions += 1
+    on(MONITOR, "systemctl restart edge-consumer")
+    await_condition(consumer_up, 30, "edge-consumer did not come back")
+    assert fleet.publishers(set(fleet.ids)) == set(fleet.ids)
+
+
+@pytest.mark.phase("disruptions", needs=("deploy",))
+def test_the_fleet_rides_out_the_monitor_frozen_for_20s(fleet: ReferenceFleet) -> None:
+    fleet.disruptions += 1
+    docker("pause", MONITOR)
+    try:
+        time.sleep(20)  # the fault itself: the monitor host is frozen this long
+    finally:
+        docker("unpause", MONITOR)
+    await_condition(consumer_up, 30, "edge-consumer did not answer after the pause")
+    assert fleet.publishers(set(fleet.ids)) == set(fleet.ids)
+
+
+# --- a real fault on one device ---------------------------------------------------------------
+
+FROZEN_HOST, FROZEN = host(2), device(6)  # kept by the scale-down
+
+
+@pytest.mark.phase("device_fault", needs=("deploy",))
+def test_an_agent_frozen_for_30s_is_a_dropout(fleet: ReferenceFleet) -> None:
+    pid = unit_show(FROZEN_HOST, FROZEN, "MainPID")["MainPID"]
+    on(FROZEN_HOST, f"kill -STOP {pid}")
+    try:
+        time.sleep(30)  # the fault itself: the agent is frozen this long
+    finally:
+        on(FROZEN_HOST, f"kill -CONT {pid}")
+    assert FROZEN in fleet.publishers({FROZEN}, timeout=60)
+
+
+# --- alarms -----------------------------------------------------------------------------------
+
+# Every anomaly the monitor stored: device, kind, sensor, detail.
+STORED_ANOMALIES = (
+    "import json, sqlite3; c = sqlite3.connect('file:/var/lib/edge-consumer/telemetry.db?mode=ro',"
+    " uri=True); print(json.dumps(c.execute('SELECT device_id, kind, sensor, detail FROM"
+    " anomalies').fetchall()))"
+)
+
+
+@pytest.mark.phase("alarms", needs=("deploy", "disruptions", "device_fault"))
+def test_a_healthy_fleet_raised_no_alarm_but_the_real_fault(fleet: ReferenceFleet) -> None:
+    """Deploy, reruns, a rolling restart, bad settings put right, a broker restart, a consumer
+    restart and a frozen monitor: none is a device's anomaly. The dataset's own impossible
+    readings are real; so is the frozen agent's one dropout, and the killed agent's restart
+    (phase agent_kill) may show as one. Scale-down comes after this check: it revokes the
+    removed devices at the broker before their agents stop, and they show as dropouts (README,
+    Limits)."""
+    names = {mac: name for name, mac in fleet.ids.items()}
+    stored = json.loads(on(MONITOR, f'python3 -c "{STORED_ANOMALIES}"'))
+    unexpected, dropouts = [], []
+    for device_id, kind, sensor, detail in stored:
+        name = names.get(device_id, device_id)
+        if kind == "impossible":
+            continue
+        if kind == "dropout":
+            dropouts.append(name)
+            if name in (FROZEN, EXPECTED[host(1)][0]):
+                continue
+        unexpected.append(f"{name}: {kind} {sensor}: {detail}")
+    assert not unexpected, "anomalies on a healthy fleet:\n" + "\n".join(unexpected)
+    assert dropouts.count(FROZEN) == 1, f"the frozen agent's dropouts: {dropouts}"
+    assert dropouts.count(EXPECTED[host(1)][0]) <= 1, dropouts
+    journal = on(MONITOR, "journalctl -u edge-consumer -o cat --no-pager")
+    events = [line for line in journal.splitlines() if "fleet-level silence" in line]
+    assert len(events) <= fleet.disruptions, "\n".join(events)
+
+
 # --- scale down -------------------------------------------------------------------------------
 
 
@@ -660,8 +756,9 @@ def test_scale_down_removes_exactly_the_removed_devices_and_the_empty_host(
 ) -> None:
     kept = [device(n) for n in range(1, SMALLER + 1)]
     removed = [device(n) for n in range(SMALLER + 1, DEVICES + 1)]
-    after = planned(SMALLER)  # host 1: devices 1-3, host 2: 4-5; host 3 is emptied
+    after = planned(SMALLER)  # host 1: devices 1-4, host 2: 5-7; host 3 is emptied
     old_passwords = fleet_passwords(NAME)
+    gone = REMOVED_FROM_HOST_2
     run = fleet.site(SMALLER)
     assert run.rc == 0, run.failures()
     assert f"fleet check met: {SMALLER} of {SMALLER}" in run.output
@@ -671,24 +768,24 @@ def test_scale_down_removes_exactly_the_removed_devices_and_the_empty_host(
     # The slicer cuts each sensor's readings into as many windows as it has devices, so the kept
     # devices get new slices and restart once with them (their seq ledgers stay); nothing else.
     reports = agent_reports(run.output)
-    assert reports[host(2)].removed == [device(6)], reports
+    assert reports[host(2)].removed == [gone], reports
     assert host(1) not in reports or reports[host(1)].removed == [], reports
     assert all(r.restarted <= r.agents for r in reports.values()), reports
     for h, devices in after.items():
         assert active_agents(h) == devices, h
 
-    # On host 2 device 6 is gone: instance, files and state.
-    gone = unit_show(host(2), device(6), "ActiveState", "UnitFileState")
-    assert gone == {"ActiveState": "inactive", "UnitFileState": "disabled"}, gone
+    # On host 2 that device is gone: instance, files and state.
+    unit = unit_show(host(2), gone, "ActiveState", "UnitFileState")
+    assert unit == {"ActiveState": "inactive", "UnitFileState": "disabled"}, unit
     leftovers = on(
         host(2),
-        f"for f in {env_path(device(6))} {slice_path(device(6))} {state_path(device(6))}"
-        f" {private_state_path(device(6))} /etc/edge-agent/devices/{device(6)}"
-        f" /etc/systemd/system/multi-user.target.wants/{agent_unit(device(6))};"
+        f"for f in {env_path(gone)} {slice_path(gone)} {state_path(gone)}"
+        f" {private_state_path(gone)} /etc/edge-agent/devices/{gone}"
+        f" /etc/systemd/system/multi-user.target.wants/{agent_unit(gone)};"
         " do [ -e $f ] || [ -L $f ] && echo $f; done; true",
     )
     assert leftovers.split() == [], leftovers
-    assert device(6) not in on(host(2), "cat /etc/edge-agent/bundle.json")
+    assert gone not in on(host(2), "cat /etc/edge-agent/bundle.json")
     for d in after[host(2)]:
         on(host(2), f"test -s {env_path(d)} && test -s {slice_path(d)} && test -d {state_path(d)}")
 
