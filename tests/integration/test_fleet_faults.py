@@ -218,11 +218,15 @@ def test_consumer_away_gets_everything_on_return(fleet: Fleet) -> None:
 
 
 def cut_network(container: str, seconds: float) -> float:
-    """Disconnect `container` from the fleet network for `seconds`; returns when it is back."""
+    """Disconnect `container` from the fleet network for `seconds`; returns when it started
+    to come back: the moment before `docker network connect`, since an agent may reconnect
+    before that command returns (it took seconds on a loaded machine, and the reconnection was
+    then missed)."""
     docker("network", "disconnect", NAME, container)
     time.sleep(seconds)  # the fault itself: the host is cut off this long
+    back = time.time()
     docker("network", "connect", NAME, container)
-    return time.time()
+    return back
 
 
 def test_network_cut_delivers_the_backlog(fleet: Fleet) -> None:
