@@ -160,8 +160,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet.anomalies = AnomalyListener(port, fleet_cache(NAME) / "pki" / "ca.crt")
         yield fleet
     finally:
-        if fleet.anomalies is not None:
+        if fleet is not None and fleet.anomalies is not None:
             fleet.anomalies.close()
+        if fleet is not None:
+            fleet.watch.kill()  # a failed test may have left its window's consumer running
         ansible_playbook("playbooks/teardown.yml", *inventory)
 
 

@@ -193,8 +193,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceFleet]:
     try:
         yield fleet
     finally:
-        if fleet.watch.proc is not None and fleet.watch.proc.poll() is None:
-            fleet.watch.proc.kill()
+        fleet.watch.kill()  # a failed test may have left its window's consumer running
         ansible_playbook("playbooks/teardown.yml", *inventory)
 
 

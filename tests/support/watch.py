@@ -106,6 +106,12 @@ class FleetWatch:
         path = self.workdir / f"window-{self.windows}.json"
         return Window(json.loads(path.read_text()))
 
+    def kill(self) -> None:
+        """Stop the consumer without reading its summary, if it runs (a fixture's clean-up)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
     def snapshot(self) -> dict[str, DeviceProgress]:
         with self._lock:
             return {k: DeviceProgress(**vars(v)) for k, v in self.progress.items()}

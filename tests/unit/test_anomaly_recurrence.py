@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
 from edge_consumer.anomaly import recur
 from edge_consumer.anomaly.drift import DriftDetector
 from edge_consumer.anomaly.recur import Recurrence
@@ -92,3 +93,15 @@ def test_regular_source_keeps_its_dropout_limit() -> None:
     intervals = gaps(6, regular=True)
     intervals[2000] = 5.0 * 3.5  # just over 3 intervals
     assert dropouts(intervals) == [2000]
+
+
+def test_dropout_warm_up_is_quiet() -> None:
+    s = Silence()
+    ts = 0.0
+    for seq in range(17):  # a new device, irregular at first: 5 s, then a 60 s gap
+        ts += 60.0 if seq == 4 else 5.0
+        assert s.observe(seq, ts, ts) is None  # 16 gaps: the interval is learned
+        if seq < 16:
+            assert s.check(ts + 100.0) is None  # nor is a silence while it learns
+    ts += 60.0  # the 17th gap is judged
+    assert s.observe(17, ts, ts) == pytest.approx(60.0)
