@@ -17,6 +17,9 @@ streaming quantile in log space, moved up by STEP x 0.99 on a gap above it and d
 STEP x 0.01 below it; starts at 1). On the replica and the agent's fixed interval that
 percentile stays under 1.5, so k rules; a device whose gaps are irregular stops crying
 dropout at every long gap within a few hundred readings.
+
+Warm-up is quiet: nothing is reported before WARMUP gaps have been learned (the interval is
+an EWMA over about that many), so a new device's first irregular minutes are not dropouts.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from typing import Optional
 INTERVALS = 3.0
 _A = 2.0 / 17.0  # EWMA over ~16 gaps
 SPREAD = 2.0
+WARMUP = 16  # gaps learned before any dropout is reported
 QUANTILE = 0.99
 STEP = 0.2  # log-ratio step of the quantile
 _UP, _DOWN = STEP * QUANTILE, STEP * (1.0 - QUANTILE)
 
 
 class Silence:
-    __slots__ = ("_q", "arrived", "interval", "k", "reported", "seq", "ts")
+    __slots__ = ("_gaps", "_q", "arrived", "interval", "k", "reported", "seq", "ts")
 
     def __init__(self, k: float = INTERVALS) -> None:
         self.k = k
@@ -43,6 +47,7 @@ class Silence:
         self.arrived = 0.0
         self.reported = False  # this silence was reported by tick()
         self._q = 0.0  # log of the 99th percentile of gap / interval
+        self._gaps = 0  # gaps seen
 
     @property
     def limit(self) -> float:
@@ -58,6 +63,7 @@ class Silence:
         found: Optional[float] = None
         interval = self.interval
         if gap > 0:
+            self._gaps += 1
             if interval == 0.0:
                 self.interval = gap
                 return self._done(seq, ts, arrived, None)
@@ -67,7 +73,7 @@ class Silence:
             else:
                 self._q -= _DOWN
             if over:
-                if not self.reported:
+                if not self.reported and self._gaps > WARMUP:
                     found = gap
             else:
                 clipped = min(max(gap, 0.5 * interval), 2.0 * interval)
@@ -81,7 +87,7 @@ class Silence:
 
     def check(self, now: float) -> Optional[float]:
         """Seconds silent if this device just passed k intervals of silence, else None."""
-        if self.reported or self.interval == 0.0:
+        if self.reported or self._gaps < WARMUP:
             return None
         silent = now - self.arrived
         if silent > self.limit * self.interval:
