@@ -74,6 +74,7 @@ class _Held:
     since: float  # wall clock: when the device was last heard before the silence
     deadline: float  # report it if it is still silent then
     reason: str  # why it was held, for the report if it does not come back
+    planned: bool  # a clean stop (restarting); otherwise part of a fleet-level event
 
 
 @dataclass
@@ -112,7 +113,7 @@ class DropoutJudge:
     @property
     def restarting(self) -> set[str]:
         """Devices held after a clean stop: shown as restarting, not as anomalous."""
-        return {d for d, h in self.held.items() if h.reason.startswith("stopped")}
+        return {d for d, h in self.held.items() if h.planned}
 
     def judge(self, found: list[Anomaly], now: float, connected: bool) -> list[Anomaly]:
         """The findings to report now; fleet-level events go to `events` (and are returned by
@@ -180,17 +181,25 @@ class DropoutJudge:
         stopped = dev.stopped_at if dev is not None else None
         if stopped is not None and since - 1.0 <= stopped <= since + STOP_SLACK:
             reason = f"stopped cleanly at {stopped:.0f}"
-            self._hold(a, ongoing, since, stopped + RESTART_BOUND, reason)
+            self._hold(a, ongoing, since, stopped + RESTART_BOUND, reason, planned=True)
             return
         if self._open_event is not None:  # the fleet-level silence still going on
             self._hold(a, ongoing, since, now + FLEET_HOLD, "the fleet-level silence")
             return
         self.pending.append(_Pending(a, now, since))
 
-    def _hold(self, a: Anomaly, ongoing: bool, since: float, deadline: float, reason: str) -> None:
+    def _hold(
+        self,
+        a: Anomaly,
+        ongoing: bool,
+        since: float,
+        deadline: float,
+        reason: str,
+        planned: bool = False,
+    ) -> None:
         """Wait for the device to be heard again; a silence already over needs no waiting."""
         if ongoing:
-            self.held[a.device_id] = _Held(a, since, deadline, reason)
+            self.held[a.device_id] = _Held(a, since, deadline, reason, planned)
 
     # --- fleet-wide or the device's own ---------------------------------------------------
 
@@ -260,9 +269,6 @@ class DropoutJudge:
                         detail=f"{a.detail}; not back {silent:.0f} s later, after {h.reason}",
                     )
                 )
-        if self._open_event is not None and not any(
-            h.reason == "the fleet-level silence" or h.reason.startswith("the consumer")
-            for h in self.held.values()
-        ):
+        if self._open_event is not None and all(h.planned for h in self.held.values()):
             self._open_event = None
         return out
